@@ -1,0 +1,56 @@
+"""
+Config keys of retina_plugin.
+
+Everything whose meaning is identical to detectron2's built-in RetinaNet stays under
+``cfg.MODEL.RETINANET`` (NUM_CLASSES, IN_FEATURES, NUM_CONVS, IOU_THRESHOLDS, IOU_LABELS,
+PRIOR_PROB, FOCAL_LOSS_ALPHA, FOCAL_LOSS_GAMMA, SMOOTH_L1_LOSS_BETA, BBOX_REG_WEIGHTS,
+BBOX_REG_LOSS_TYPE, SCORE_THRESH_TEST, TOPK_CANDIDATES_TEST, NMS_THRESH_TEST, NORM), so a
+detectron2 RetinaNet yaml keeps working after changing only META_ARCHITECTURE.
+What is new lives under ``cfg.MODEL.FOCAL_RETINANET`` (model) and ``cfg.DATASETS.REGISTER``
+(datasets registered from yaml / command line, see :mod:`retina_plugin.data.register`).
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_retina_config(cfg):
+    """
+    Add retina_plugin's config keys, with their defaults, to ``cfg`` (in place).
+    Call it on ``get_cfg()`` before ``merge_from_file``.
+    """
+    _C = cfg
+
+    _C.MODEL.FOCAL_RETINANET = CN()
+    # Head, by name in retina_plugin.modeling.head.FOCAL_RETINANET_HEAD_REGISTRY.
+    _C.MODEL.FOCAL_RETINANET.HEAD_NAME = "FocalRetinaNetHead"
+    # Channels of the head's 3x3 convs; 0 means "same as the FPN output" (the paper: 256).
+    # A narrower head is cheaper on CPU; its state_dict then no longer matches detectron2's.
+    _C.MODEL.FOCAL_RETINANET.HEAD_CONV_DIM = 0
+    # Classification loss, by name in retina_plugin.modeling.losses.CLASSIFICATION_LOSS_REGISTRY:
+    # "SigmoidFocalLoss" (the paper; uses MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA) or
+    # "SigmoidBCELoss" (alpha-balanced binary cross entropy, i.e. focal loss with gamma=0).
+    _C.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS = "SigmoidFocalLoss"
+    # The box loss is chosen by MODEL.RETINANET.BBOX_REG_LOSS_TYPE, as in detectron2:
+    # "smooth_l1" (uses SMOOTH_L1_LOSS_BETA), "l1", "giou", "diou", "ciou", or the name of any
+    # class in retina_plugin.modeling.losses.BOX_LOSS_REGISTRY.
+    # Weight of the box loss relative to the classification loss (the paper: 1).
+    _C.MODEL.FOCAL_RETINANET.BOX_LOSS_WEIGHT = 1.0
+    # What both losses are divided by:
+    #   "num_foreground": the number of anchors assigned to a ground-truth box in the whole
+    #       batch (summed over all workers), as in the paper;
+    #   "ema": detectron2's exponential moving average of that number per worker
+    #       (starts at 100, momentum LOSS_NORMALIZER_MOMENTUM); steadier with 1-2 images/GPU.
+    _C.MODEL.FOCAL_RETINANET.LOSS_NORMALIZER = "num_foreground"
+    _C.MODEL.FOCAL_RETINANET.LOSS_NORMALIZER_MOMENTUM = 0.9
+    # Each ground-truth box also keeps the anchors of highest IoU with it, even below the
+    # foreground threshold (the paper's low-quality matches).
+    _C.MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES = True
+
+    # Datasets registered from the config, so that custom data needs no Python.
+    _C.DATASETS.REGISTER = CN()
+    # COCO-format json datasets: a list of [name, json_file, image_root].
+    _C.DATASETS.REGISTER.COCO = []
+    # Pascal VOC-style folders (Annotations/*.xml, JPEGImages/*, ImageSets/Main/<split>.txt):
+    # a list of [name, dirname, split].
+    _C.DATASETS.REGISTER.VOC = []
+    # Class names of the VOC datasets above, in label order.
+    _C.DATASETS.REGISTER.VOC_CLASS_NAMES = []

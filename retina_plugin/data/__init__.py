@@ -1,0 +1,9 @@
+from .register import (
+    check_num_classes,
+    register_coco_json,
+    register_datasets_from_config,
+    register_voc_folder,
+)
+from .shapes import SHAPES_CLASS_NAMES, register_shapes_datasets
+
+register_shapes_datasets()

@@ -1,0 +1,9 @@
+from .head import FOCAL_RETINANET_HEAD_REGISTRY, FocalRetinaNetHead, build_focal_retinanet_head
+from .losses import (
+    BOX_LOSS_REGISTRY,
+    CLASSIFICATION_LOSS_REGISTRY,
+    build_box_loss,
+    build_classification_loss,
+    sigmoid_focal_loss,
+)
+from .meta_arch import FocalRetinaNet

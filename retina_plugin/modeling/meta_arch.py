@@ -1,0 +1,313 @@
+"""
+FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
+"""
+import logging
+import math
+from typing import List, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from detectron2.config import configurable
+from detectron2.layers import batched_nms, cat
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.anchor_generator import build_anchor_generator
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.modeling.matcher import Matcher
+from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+
+from .head import build_focal_retinanet_head
+from .losses import build_box_loss, build_classification_loss
+
+__all__ = ["FocalRetinaNet"]
+
+logger = logging.getLogger(__name__)
+
+LOSS_NORMALIZERS = ("num_foreground", "ema")
+
+
+@META_ARCH_REGISTRY.register()
+class FocalRetinaNet(DenseDetector):
+    """
+    RetinaNet: an FPN backbone, a head shared across levels predicting K sigmoid scores and
+    4 box deltas for each of A anchors per location, trained with the focal loss.
+
+    Inputs and outputs are detectron2's standard ones (see :class:`DenseDetector`): training
+    returns ``{"loss_cls", "loss_box_reg"}``, inference a list of ``{"instances": Instances}``
+    with ``pred_boxes``, ``scores`` and ``pred_classes``.
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: nn.Module,
+        head_in_features: List[str],
+        anchor_generator: nn.Module,
+        box2box_transform: Box2BoxTransform,
+        anchor_matcher: Matcher,
+        num_classes: int,
+        classification_loss: nn.Module,
+        box_loss: nn.Module,
+        box_loss_weight: float = 1.0,
+        loss_normalizer: str = "num_foreground",
+        loss_normalizer_momentum: float = 0.9,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.5,
+        max_detections_per_image: int = 100,
+        pixel_mean: Tuple[float, ...],
+        pixel_std: Tuple[float, ...],
+        input_format: str = "BGR",
+    ):
+        """
+        Args:
+            backbone: detectron2 backbone, e.g. from ``build_retinanet_resnet_fpn_backbone``.
+            head: maps per-level features to per-level (N, A*K, Hi, Wi) logits and
+                (N, A*4, Hi, Wi) deltas, e.g. :class:`FocalRetinaNetHead`.
+            head_in_features: backbone outputs fed to the head, highest resolution first.
+            anchor_generator: e.g. ``DefaultAnchorGenerator``; A anchors per location.
+            box2box_transform: (dx, dy, dw, dh) coding of boxes relative to anchors.
+            anchor_matcher: labels anchors foreground (1) / background (0) / ignored (-1).
+            num_classes: K.
+            classification_loss: (logits (M, K), labels (M,)) -> summed loss.
+            box_loss: (deltas (M, 4), anchors (M, 4), gt boxes (M, 4)) -> summed loss.
+            box_loss_weight: weight of the box loss.
+            loss_normalizer: "num_foreground" (the paper: foreground anchors in the whole
+                batch) or "ema" (detectron2's moving average of it).
+            loss_normalizer_momentum: momentum of the "ema" normalizer.
+            test_score_thresh: per level, only scores above this are candidates.
+            test_topk_candidates: per level, at most this many candidates (by score).
+            test_nms_thresh: IoU of class-wise NMS over the merged levels.
+            max_detections_per_image: detections kept per image after NMS.
+            pixel_mean, pixel_std, input_format: image normalization, see DenseDetector.
+        """
+        super().__init__(
+            backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
+        )
+        if loss_normalizer not in LOSS_NORMALIZERS:
+            raise ValueError(
+                f"loss_normalizer (MODEL.FOCAL_RETINANET.LOSS_NORMALIZER) must be one of "
+                f"{LOSS_NORMALIZERS}, got {loss_normalizer!r}"
+            )
+        self.num_classes = num_classes
+        self.anchor_generator = anchor_generator
+        self.box2box_transform = box2box_transform
+        self.anchor_matcher = anchor_matcher
+        self.classification_loss = classification_loss
+        self.box_loss = box_loss
+        self.box_loss_weight = box_loss_weight
+        self.loss_normalizer = loss_normalizer
+        self.loss_normalizer_momentum = loss_normalizer_momentum
+        self.test_score_thresh = test_score_thresh
+        self.test_topk_candidates = test_topk_candidates
+        self.test_nms_thresh = test_nms_thresh
+        self.max_detections_per_image = max_detections_per_image
+        self.input_format = input_format
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        backbone_shapes = backbone.output_shape()
+        in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
+        missing = [f for f in in_features if f not in backbone_shapes]
+        if missing:
+            raise ValueError(
+                f"MODEL.RETINANET.IN_FEATURES names {missing}, which the backbone "
+                f"({cfg.MODEL.BACKBONE.NAME}) does not output; it outputs {sorted(backbone_shapes)}"
+            )
+        feature_shapes = [backbone_shapes[f] for f in in_features]
+        return {
+            "backbone": backbone,
+            "head": build_focal_retinanet_head(cfg, feature_shapes),
+            "head_in_features": in_features,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
+            "anchor_matcher": Matcher(
+                cfg.MODEL.RETINANET.IOU_THRESHOLDS,
+                cfg.MODEL.RETINANET.IOU_LABELS,
+                allow_low_quality_matches=cfg.MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES,
+            ),
+            "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
+            "classification_loss": build_classification_loss(cfg),
+            "box_loss": build_box_loss(cfg),
+            "box_loss_weight": cfg.MODEL.FOCAL_RETINANET.BOX_LOSS_WEIGHT,
+            "loss_normalizer": cfg.MODEL.FOCAL_RETINANET.LOSS_NORMALIZER,
+            "loss_normalizer_momentum": cfg.MODEL.FOCAL_RETINANET.LOSS_NORMALIZER_MOMENTUM,
+            "test_score_thresh": cfg.MODEL.RETINANET.SCORE_THRESH_TEST,
+            "test_topk_candidates": cfg.MODEL.RETINANET.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": cfg.MODEL.RETINANET.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    # ------------------------------------------------------------------ training
+    def forward_training(self, images, features, predictions, gt_instances):
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
+        return self.losses(anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes)
+
+    @torch.no_grad()
+    def label_anchors(
+        self, anchors: List[Boxes], gt_instances: List[Instances]
+    ) -> Tuple[Tensor, Tensor]:
+        """
+        Args:
+            anchors: per level, Boxes (Ri, 4); R = sum(Ri) anchors in all.
+            gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
+        Returns:
+            gt_labels: (N, R) int64; a class in [0, K) for foreground anchors, K for
+                background, -1 for ignored ones (IoU between the two thresholds).
+            matched_gt_boxes: (N, R, 4) the box each anchor is matched to (XYXY);
+                meaningful for foreground anchors only.
+        """
+        anchors = Boxes.cat(anchors)
+        gt_labels, matched_gt_boxes = [], []
+        for instances in gt_instances:
+            if len(instances) == 0:
+                # Nothing to match: every anchor is a (possibly hard) negative.
+                gt_labels.append(
+                    torch.full((len(anchors),), self.num_classes, device=anchors.device)
+                )
+                matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
+                continue
+            matched_idxs, match_labels = self.anchor_matcher(
+                pairwise_iou(instances.gt_boxes, anchors)
+            )
+            labels = instances.gt_classes[matched_idxs]
+            labels[match_labels == 0] = self.num_classes
+            labels[match_labels == -1] = -1
+            gt_labels.append(labels)
+            matched_gt_boxes.append(instances.gt_boxes.tensor[matched_idxs])
+        return torch.stack(gt_labels), torch.stack(matched_gt_boxes)
+
+    def losses(self, anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes):
+        """
+        Args:
+            anchors: per level, Boxes (Ri, 4).
+            pred_logits, pred_deltas: per level, (N, Ri, K) and (N, Ri, 4).
+            gt_labels, matched_gt_boxes: (N, R) and (N, R, 4), see :meth:`label_anchors`.
+        Returns:
+            {"loss_cls", "loss_box_reg"}: scalars, each summed over anchors and divided by
+            the loss normalizer.
+        """
+        num_images = gt_labels.shape[0]
+        valid = gt_labels >= 0
+        foreground = valid & (gt_labels != self.num_classes)
+        num_foreground = foreground.sum()
+        get_event_storage().put_scalar("num_pos_anchors", num_foreground.item() / num_images)
+        normalizer = self._normalizer(num_foreground)
+
+        loss_cls = self.classification_loss(cat(pred_logits, dim=1)[valid], gt_labels[valid])
+        # Box loss on the foreground anchors only, instead of on all N * R and masking.
+        _, foreground_anchor_idxs = foreground.nonzero(as_tuple=True)
+        loss_box_reg = self.box_loss(
+            cat(pred_deltas, dim=1)[foreground],
+            Boxes.cat(anchors).tensor[foreground_anchor_idxs],
+            matched_gt_boxes[foreground],
+        )
+        return {
+            "loss_cls": loss_cls / normalizer,
+            "loss_box_reg": self.box_loss_weight * loss_box_reg / normalizer,
+        }
+
+    def _normalizer(self, num_foreground: Tensor) -> float:
+        if self.loss_normalizer == "ema":
+            return self._ema_update(
+                "_loss_normalizer_ema",
+                max(num_foreground.item(), 1),
+                initial_value=100,
+                momentum=self.loss_normalizer_momentum,
+            )
+        # The paper divides by the foreground anchors of the whole batch. Each worker sees
+        # part of it and DDP averages gradients over workers, so each divides by the
+        # global count / world size.
+        world_size = comm.get_world_size()
+        total = num_foreground.detach().float()
+        if world_size > 1:
+            torch.distributed.all_reduce(total)
+        return max(total.item(), 1.0) / world_size
+
+    # ----------------------------------------------------------------- inference
+    def forward_inference(
+        self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
+    ) -> List[Instances]:
+        pred_logits, pred_deltas = self._transpose_dense_predictions(
+            predictions, [self.num_classes, 4]
+        )
+        anchors = self.anchor_generator(features)
+        return [
+            self.inference_single_image(
+                anchors,
+                [x[i] for x in pred_logits],
+                [x[i] for x in pred_deltas],
+                image_size,
+            )
+            for i, image_size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(
+        self,
+        anchors: List[Boxes],
+        pred_logits: List[Tensor],
+        pred_deltas: List[Tensor],
+        image_size: Tuple[int, int],
+    ) -> Instances:
+        """
+        Args:
+            anchors: per level, Boxes (Ri, 4).
+            pred_logits, pred_deltas: per level, (Ri, K) and (Ri, 4) for this image.
+            image_size: (height, width) of the image as fed to the network.
+        Returns:
+            Instances with at most ``max_detections_per_image`` detections.
+        """
+        per_level = [
+            self._decode_level(a, l, d, image_size)
+            for a, l, d in zip(anchors, pred_logits, pred_deltas)
+        ]
+        detections = Instances.cat(per_level)
+        keep = batched_nms(
+            detections.pred_boxes.tensor,
+            detections.scores,
+            detections.pred_classes,
+            self.test_nms_thresh,
+        )
+        return detections[keep[: self.max_detections_per_image]]
+
+    def _decode_level(
+        self, anchors: Boxes, logits: Tensor, deltas: Tensor, image_size: Tuple[int, int]
+    ) -> Instances:
+        # Comparing logits with logit(threshold) selects the same (anchor, class) pairs as
+        # comparing sigmoid scores, without a sigmoid over all Ri * K of them.
+        candidates = torch.nonzero(logits.flatten() > _logit(self.test_score_thresh)).squeeze(1)
+        scores = logits.flatten()[candidates].sigmoid()
+        num_topk = min(candidates.numel(), self.test_topk_candidates)
+        scores, order = scores.topk(num_topk)
+        candidates = candidates[order]
+        anchor_idxs = torch.div(candidates, self.num_classes, rounding_mode="floor")
+        boxes = self.box2box_transform.apply_deltas(
+            deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+        )
+        return Instances(
+            image_size,
+            pred_boxes=Boxes(boxes),
+            scores=scores,
+            pred_classes=candidates % self.num_classes,
+        )
+
+
+def _logit(p: float) -> float:
+    if p <= 0:
+        return -math.inf
+    if p >= 1:
+        return math.inf
+    return math.log(p / (1 - p))

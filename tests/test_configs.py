@@ -1,0 +1,79 @@
+"""
+Every yaml in configs/ assembles a FocalRetinaNet; the paper's schedule is where it belongs.
+"""
+import subprocess
+
+import pytest
+
+from detectron2.modeling import build_model
+
+from retina_plugin import FocalRetinaNet
+
+from .conftest import CONFIGS, REPO_ROOT, load_cfg
+
+ALL_CONFIGS = sorted(p.name for p in CONFIGS.glob("*.yaml"))
+
+
+def test_the_configs_users_depend_on_exist():
+    assert {
+        "Base-RetinaNet.yaml",
+        "retina_R50.yaml",
+        "retina_R50_3x.yaml",
+        "retina_R101.yaml",
+        "retina_X101_32x8d.yaml",
+        "demo_R18_cpu.yaml",
+    } <= set(ALL_CONFIGS)
+
+
+@pytest.mark.parametrize("name", ALL_CONFIGS)
+def test_every_config_builds_a_focal_retinanet(name):
+    cfg = load_cfg(CONFIGS / name)
+    model = build_model(cfg)
+    assert isinstance(model, FocalRetinaNet)
+    assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
+    assert model.head.num_anchors == 9
+    assert model.head.num_classes == cfg.MODEL.RETINANET.NUM_CLASSES
+    assert type(model.classification_loss).__name__ == "SigmoidFocalLoss"
+    assert (model.test_score_thresh, model.test_topk_candidates) == (0.05, 1000)
+    assert (model.test_nms_thresh, model.max_detections_per_image) == (0.5, 100)
+    assert model.loss_normalizer == "num_foreground"
+    assert list(model.anchor_matcher.thresholds[1:-1]) == [0.4, 0.5]
+    assert model.anchor_matcher.allow_low_quality_matches
+
+
+def test_r50_is_the_papers_1x_schedule():
+    cfg = load_cfg(CONFIGS / "retina_R50.yaml")
+    solver = cfg.SOLVER
+    assert (solver.IMS_PER_BATCH, solver.BASE_LR, solver.MOMENTUM, solver.WEIGHT_DECAY) == (16, 0.01, 0.9, 1e-4)
+    assert (solver.MAX_ITER, tuple(solver.STEPS), solver.GAMMA) == (90000, (60000, 80000), 0.1)
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (800,) and cfg.INPUT.MIN_SIZE_TEST == 800
+    assert cfg.MODEL.RESNETS.DEPTH == 50 and cfg.MODEL.WEIGHTS.endswith("ImageNetPretrained/MSRA/R-50.pkl")
+    assert cfg.MODEL.FPN.OUT_CHANNELS == 256 and cfg.MODEL.FPN.NORM == "" and cfg.MODEL.RETINANET.NORM == ""
+    assert (cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA, cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA) == (0.25, 2.0)
+    assert cfg.MODEL.RETINANET.PRIOR_PROB == 0.01 and cfg.MODEL.RETINANET.NUM_CONVS == 4
+
+
+@pytest.mark.parametrize(
+    "name, depth, groups",
+    [("retina_R50_3x.yaml", 50, 1), ("retina_R101.yaml", 101, 1), ("retina_X101_32x8d.yaml", 101, 32)],
+)
+def test_larger_configs(name, depth, groups):
+    cfg = load_cfg(CONFIGS / name)
+    assert (cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.NUM_GROUPS) == (depth, groups)
+    assert cfg.SOLVER.MAX_ITER == 270000 and cfg.MODEL.WEIGHTS.startswith("detectron2://ImageNetPretrained/")
+
+
+def test_from_scratch_config_uses_trainable_norms():
+    cfg = load_cfg(CONFIGS / "demo_R18_cpu.yaml")
+    assert cfg.MODEL.WEIGHTS == "" and cfg.MODEL.BACKBONE.FREEZE_AT == 0
+    assert (cfg.MODEL.RESNETS.NORM, cfg.MODEL.FPN.NORM, cfg.MODEL.RETINANET.NORM) == ("BN", "GN", "GN")
+    assert cfg.SOLVER.CLIP_GRADIENTS.ENABLED
+
+
+def test_setup_script_reuses_a_complete_venv():
+    if not (REPO_ROOT / ".venv" / ".retina_plugin_setup_complete").is_file():
+        pytest.skip("not running from the project's own .venv")
+    proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    # The fast path: nothing is installed again.
+    assert ".venv is complete" in proc.stdout and "installing" not in proc.stdout

@@ -1,0 +1,107 @@
+"""
+The built-in "retina_shapes" dataset: deterministic, sane annotations, registered lazily.
+"""
+import json
+import os
+from collections import Counter
+
+import cv2
+import numpy as np
+import pytest
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+from retina_plugin.data.shapes import (
+    SHAPES_CLASS_NAMES,
+    SHAPES_OBJECT_SIZE,
+    SHAPES_OBJECTS_PER_IMAGE,
+    SHAPES_SPLITS,
+    ensure_shapes_split,
+    generate_shapes_split,
+)
+
+
+def read_split(folder):
+    with open(os.path.join(folder, "annotations.json")) as f:
+        data = json.load(f)
+    images = [cv2.imread(os.path.join(folder, im["file_name"])) for im in data["images"]]
+    return data, images
+
+
+def test_same_seed_same_dataset_other_seed_other_dataset(tmp_path):
+    generate_shapes_split(str(tmp_path / "a"), 4, seed=7, image_size=128)
+    generate_shapes_split(str(tmp_path / "b"), 4, seed=7, image_size=128)
+    generate_shapes_split(str(tmp_path / "c"), 4, seed=8, image_size=128)
+    (a, images_a), (b, images_b), (c, images_c) = (read_split(tmp_path / x) for x in "abc")
+    assert a == b
+    assert all(np.array_equal(x, y) for x, y in zip(images_a, images_b))
+    assert a["annotations"] != c["annotations"]
+    assert not any(np.array_equal(x, y) for x, y in zip(images_a, images_c))
+
+
+@pytest.fixture(scope="module")
+def sample_split(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("shapes") / "sample"
+    generate_shapes_split(str(folder), 60, seed=0)
+    return read_split(folder)
+
+
+def test_annotations_are_sane(sample_split):
+    data, images = sample_split
+    assert [c["name"] for c in data["categories"]] == list(SHAPES_CLASS_NAMES)
+    per_image = Counter(a["image_id"] for a in data["annotations"])
+    boxes_by_image = {}
+    for ann in data["annotations"]:
+        image = data["images"][ann["image_id"] - 1]
+        x, y, w, h = ann["bbox"]
+        assert 0 <= x and 0 <= y and x + w <= image["width"] and y + h <= image["height"]
+        assert SHAPES_OBJECT_SIZE[0] * 0.5 <= max(w, h) <= SHAPES_OBJECT_SIZE[1] + 1
+        assert ann["area"] == pytest.approx(w * h)
+        assert ann["category_id"] in range(1, len(SHAPES_CLASS_NAMES) + 1)
+        boxes_by_image.setdefault(ann["image_id"], []).append([x, y, x + w, y + h])
+    # "Many small objects per image".
+    assert min(per_image.values()) >= SHAPES_OBJECTS_PER_IMAGE[0] - 2
+    assert max(per_image.values()) <= SHAPES_OBJECTS_PER_IMAGE[1]
+    for image_id, boxes in boxes_by_image.items():
+        boxes = np.array(boxes)
+        # Objects cover a minority of the pixels: most anchors are (easy) background.
+        covered = np.zeros((data["images"][0]["height"], data["images"][0]["width"]), bool)
+        for x0, y0, x1, y1 in boxes.astype(int):
+            covered[y0:y1, x0:x1] = True
+        assert covered.mean() < 0.4
+        # The drawn object is visible: the box's center pixel differs from the corners' mean.
+        image = images[image_id - 1].astype(float)
+        for x0, y0, x1, y1 in boxes.astype(int):
+            center = image[(y0 + y1) // 2, (x0 + x1) // 2]
+            corners = image[[y0, y0, y1 - 1, y1 - 1], [x0, x1 - 1, x0, x1 - 1]].mean(0)
+            assert np.abs(center - corners).max() > 10
+
+
+def test_classes_have_unequal_frequencies(sample_split):
+    data, _ = sample_split
+    counts = Counter(a["category_id"] for a in data["annotations"])
+    ordered = [counts[i] for i in range(1, len(SHAPES_CLASS_NAMES) + 1)]
+    assert ordered == sorted(ordered, reverse=True)
+    assert ordered[0] > 3 * ordered[-1]
+
+
+def test_registered_splits_are_drawn_on_first_use():
+    name = "retina_shapes_test"
+    split, num_images, _ = SHAPES_SPLITS[name]
+    root = os.path.join(os.environ["DETECTRON2_DATASETS"], "retina_shapes")
+    dicts = DatasetCatalog.get(name)
+    assert len(dicts) == num_images
+    assert all(d["file_name"].startswith(os.path.join(root, split)) for d in dicts)
+    assert all(os.path.isfile(d["file_name"]) and d["annotations"] for d in dicts)
+    assert MetadataCatalog.get(name).thing_classes == list(SHAPES_CLASS_NAMES)
+    assert {a["category_id"] for d in dicts for a in d["annotations"]} <= set(range(4))
+
+
+def test_split_made_with_other_settings_is_redrawn(tmp_path):
+    json_file = ensure_shapes_split(str(tmp_path), "val", 3, seed=1)
+    assert len(json.load(open(json_file))["images"]) == 3
+    assert ensure_shapes_split(str(tmp_path), "val", 3, seed=1) == json_file  # reused
+    ensure_shapes_split(str(tmp_path), "val", 5, seed=1)
+    assert len(json.load(open(json_file))["images"]) == 5
+    assert len([f for f in os.listdir(tmp_path / "val") if f.endswith(".png")]) == 5
+    assert os.listdir(tmp_path) == ["val"]  # no temporary folders left behind

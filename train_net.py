@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""
+Train and evaluate FocalRetinaNet with detectron2's standard command line:
+
+    python train_net.py --config-file configs/retina_R50.yaml --num-gpus 8
+    python train_net.py --config-file configs/retina_R50.yaml --eval-only MODEL.WEIGHTS model.pth
+    python train_net.py --config-file configs/demo_R18_cpu.yaml          # CPU, built-in data
+
+Custom datasets without Python (see retina_plugin/data/register.py):
+
+    python train_net.py --config-file configs/retina_R50.yaml \
+        --register-coco my_train data/train.json data/train_images \
+        --register-coco my_val data/val.json data/val_images \
+        DATASETS.TRAIN "('my_train',)" DATASETS.TEST "('my_val',)" MODEL.RETINANET.NUM_CLASSES 3
+"""
+import logging
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import get_cfg
+from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.evaluation import verify_results
+from detectron2.utils import comm
+
+import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
+from retina_plugin import add_retina_config
+from retina_plugin.data import check_num_classes, register_datasets_from_config
+from retina_plugin.trainer import Trainer
+
+
+def setup(args):
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    cfg.DATASETS.REGISTER.COCO = list(cfg.DATASETS.REGISTER.COCO) + list(args.register_coco or [])
+    cfg.DATASETS.REGISTER.VOC = list(cfg.DATASETS.REGISTER.VOC) + list(args.register_voc or [])
+    if args.voc_class_names:
+        cfg.DATASETS.REGISTER.VOC_CLASS_NAMES = args.voc_class_names.split(",")
+    cfg.freeze()
+    default_setup(cfg, args)
+    register_datasets_from_config(cfg)
+    check_num_classes(cfg)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+            cfg.MODEL.WEIGHTS, resume=args.resume
+        )
+        results = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, results)
+        return results
+
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    results = trainer.train()
+    if comm.is_main_process():
+        logging.getLogger("detectron2").info(f"Outputs (model_final.pth, metrics.json) in {cfg.OUTPUT_DIR}")
+    return results
+
+
+def argument_parser():
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register-coco", nargs=3, action="append", metavar=("NAME", "JSON_FILE", "IMAGE_ROOT"),
+        help="register a COCO-format json dataset (repeatable); same as DATASETS.REGISTER.COCO",
+    )
+    parser.add_argument(
+        "--register-voc", nargs=3, action="append", metavar=("NAME", "DIRNAME", "SPLIT"),
+        help="register a Pascal VOC-style folder (repeatable); same as DATASETS.REGISTER.VOC",
+    )
+    parser.add_argument(
+        "--voc-class-names", default="", metavar="A,B,C",
+        help="comma-separated class names of the VOC datasets (DATASETS.REGISTER.VOC_CLASS_NAMES)",
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    args = argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
