@@ -65,12 +65,15 @@ def main():
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
     cfg.MODEL.DEVICE = args.device
-    # Random weights; a lower threshold gives NMS real work, as a trained model would.
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = 0.0
     models = {}
     for arch in ("RetinaNet", "FocalRetinaNet"):
         cfg.MODEL.META_ARCHITECTURE = arch
         models[arch] = build_model(cfg)
+    # At initialization every score is ~0.01, below the threshold: spread the logits so that
+    # top-k and NMS get candidates to work on, as with a trained model.
+    with torch.no_grad():
+        models["RetinaNet"].head.cls_score.weight.normal_(0, 0.2)
+        models["RetinaNet"].head.cls_score.bias.fill_(-2.0)
     models["FocalRetinaNet"].load_state_dict(models["RetinaNet"].state_dict())
     # detectron2 normalizes by an EMA; compare like with like.
     models["FocalRetinaNet"].loss_normalizer = "ema"
