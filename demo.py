@@ -55,13 +55,20 @@ def get_parser():
     return parser
 
 
-def output_path(args, cfg, input_path, single_input):
+def output_file(args, cfg, input_path: str, extension: str, single_input: bool) -> str:
+    """
+    Where the drawn version of ``input_path`` goes: ``--output`` itself when it names a file
+    and there is one input, else a file in the ``--output`` folder (default
+    ``<OUTPUT_DIR>/predictions``). Creates the folder.
+    """
     if args.output and single_input and os.path.splitext(args.output)[1]:
-        return args.output
-    folder = args.output or os.path.join(cfg.OUTPUT_DIR, "predictions")
-    os.makedirs(folder, exist_ok=True)
-    stem = os.path.splitext(os.path.basename(input_path))[0]
-    return os.path.join(folder, stem + ".png")
+        target = args.output
+    else:
+        folder = args.output or os.path.join(cfg.OUTPUT_DIR, "predictions")
+        stem = os.path.splitext(os.path.basename(input_path))[0]
+        target = os.path.join(folder, stem + extension)
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    return target
 
 
 def run_on_images(args, cfg, predictor, metadata):
@@ -70,8 +77,7 @@ def run_on_images(args, cfg, predictor, metadata):
     for path in tqdm.tqdm(files, desc="predict", unit="image"):
         image = read_image(path, format="BGR")
         instances = predictor(image)["instances"]
-        target = output_path(args, cfg, path, single_input=len(files) == 1)
-        os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+        target = output_file(args, cfg, path, ".png", single_input=len(files) == 1)
         if not cv2.imwrite(target, draw_detections(image, instances, metadata, args.scale)):
             raise OSError(f"Could not write {target}")
         written.append(target)
@@ -85,11 +91,7 @@ def run_on_video(args, cfg, predictor, metadata):
         raise FileNotFoundError(f"--video-input: OpenCV cannot open {args.video_input!r}")
     fps = video.get(cv2.CAP_PROP_FPS) or 25.0
     num_frames = int(video.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    target = args.output if args.output and os.path.splitext(args.output)[1] else os.path.join(
-        args.output or os.path.join(cfg.OUTPUT_DIR, "predictions"),
-        os.path.splitext(os.path.basename(args.video_input))[0] + ".mp4",
-    )
-    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    target = output_file(args, cfg, args.video_input, ".mp4", single_input=True)
     writer = None
     with tqdm.tqdm(total=num_frames, desc="predict", unit="frame") as bar:
         while True:

@@ -49,7 +49,7 @@ ANCHORS = [
 def test_thresholds_ignored_band_and_low_quality_match():
     model = model_for()
     gt = instances([[0, 0, 10, 10], [200, 200, 240, 240]], [2, 3])
-    labels, boxes = model.label_anchors([Boxes(torch.tensor(ANCHORS))], [gt])
+    labels, boxes = model.label_anchors(Boxes(torch.tensor(ANCHORS)), [gt])
     K = NUM_CLASSES
     assert labels.tolist() == [[2, 2, -1, K, K, 3]]
     assert boxes[0, 0].tolist() == [0, 0, 10, 10]
@@ -59,13 +59,13 @@ def test_thresholds_ignored_band_and_low_quality_match():
 def test_low_quality_matches_can_be_turned_off():
     model = model_for(["MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", False])
     gt = instances([[0, 0, 10, 10], [200, 200, 240, 240]], [2, 3])
-    labels, _ = model.label_anchors([Boxes(torch.tensor(ANCHORS))], [gt])
+    labels, _ = model.label_anchors(Boxes(torch.tensor(ANCHORS)), [gt])
     assert labels.tolist() == [[2, 2, -1, NUM_CLASSES, NUM_CLASSES, NUM_CLASSES]]
 
 
 def test_image_without_boxes_is_all_background():
     model = model_for()
-    anchors = [Boxes(torch.tensor(ANCHORS[:3])), Boxes(torch.tensor(ANCHORS[3:]))]
+    anchors = Boxes(torch.tensor(ANCHORS))
     labels, boxes = model.label_anchors(anchors, [instances([], []), instances([[0, 0, 10, 10]], [1])])
     assert labels.shape == (2, 6) and boxes.shape == (2, 6, 4)
     assert (labels[0] == NUM_CLASSES).all()
@@ -107,7 +107,7 @@ def test_num_foreground_normalizer_divides_by_foreground_anchors():
         features = model.backbone(images.tensor)
         features = [features[f] for f in model.head_in_features]
         logits, deltas = model._transpose_dense_predictions(model.head(features), [NUM_CLASSES, 4])
-        anchors = model.anchor_generator(features)
+        anchors = Boxes.cat(model.anchor_generator(features))
         labels, matched = model.label_anchors(anchors, [x["instances"] for x in inputs])
         logits = torch.cat(logits, 1)
         valid = labels >= 0

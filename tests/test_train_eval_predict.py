@@ -170,6 +170,27 @@ def test_demo_writes_pictures(trained, tiny_data, tmp_path):
         demo.main(["--config-file", str(TINY_CONFIG), "--input", str(tmp_path / "nothing*.jpg")])
 
 
+def test_demo_on_a_video(trained, tiny_data, tmp_path):
+    import demo
+
+    output_dir, _ = trained
+    video = tmp_path / "clip.mp4"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 5, (128, 128))
+    for i in range(1, 4):
+        writer.write(cv2.imread(os.path.join(tiny_data["val"][1], f"{i:06d}.png")))
+    writer.release()
+    (written,) = demo.main(
+        ["--config-file", str(TINY_CONFIG), "--video-input", str(video), "--output",
+         str(tmp_path / "out"), "--opts", "MODEL.WEIGHTS", str(output_dir / "model_final.pth")]
+    )
+    assert written == str(tmp_path / "out" / "clip.mp4")
+    result = cv2.VideoCapture(written)
+    assert result.get(cv2.CAP_PROP_FRAME_COUNT) == 3
+    assert (result.get(cv2.CAP_PROP_FRAME_WIDTH), result.get(cv2.CAP_PROP_FRAME_HEIGHT)) == (128, 128)
+    with pytest.raises(FileNotFoundError, match="OpenCV cannot open"):
+        demo.main(["--config-file", str(TINY_CONFIG), "--video-input", str(tmp_path / "none.mp4")])
+
+
 def test_plot_metrics_draws_a_png(trained, tmp_path):
     output_dir, _ = trained
     proc = run(["tools/plot_metrics.py", str(output_dir / "metrics.json"), "--output",

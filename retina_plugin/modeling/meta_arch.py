@@ -152,17 +152,15 @@ class FocalRetinaNet(DenseDetector):
         pred_logits, pred_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
         )
-        anchors = self.anchor_generator(features)
+        anchors = Boxes.cat(self.anchor_generator(features))
         gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
         return self.losses(anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes)
 
     @torch.no_grad()
-    def label_anchors(
-        self, anchors: List[Boxes], gt_instances: List[Instances]
-    ) -> Tuple[Tensor, Tensor]:
+    def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
         """
         Args:
-            anchors: per level, Boxes (Ri, 4); R = sum(Ri) anchors in all.
+            anchors: Boxes (R, 4), the anchors of all levels concatenated.
             gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
         Returns:
             gt_labels: (N, R) int64; a class in [0, K) for foreground anchors, K for
@@ -170,7 +168,6 @@ class FocalRetinaNet(DenseDetector):
             matched_gt_boxes: (N, R, 4) the box each anchor is matched to (XYXY);
                 meaningful for foreground anchors only.
         """
-        anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
@@ -193,7 +190,7 @@ class FocalRetinaNet(DenseDetector):
     def losses(self, anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes):
         """
         Args:
-            anchors: per level, Boxes (Ri, 4).
+            anchors: Boxes (R, 4), all levels concatenated.
             pred_logits, pred_deltas: per level, (N, Ri, K) and (N, Ri, 4).
             gt_labels, matched_gt_boxes: (N, R) and (N, R, 4), see :meth:`label_anchors`.
         Returns:
@@ -212,7 +209,7 @@ class FocalRetinaNet(DenseDetector):
         _, foreground_anchor_idxs = foreground.nonzero(as_tuple=True)
         loss_box_reg = self.box_loss(
             cat(pred_deltas, dim=1)[foreground],
-            Boxes.cat(anchors).tensor[foreground_anchor_idxs],
+            anchors.tensor[foreground_anchor_idxs],
             matched_gt_boxes[foreground],
         )
         return {
@@ -265,7 +262,7 @@ class FocalRetinaNet(DenseDetector):
         """
         Args:
             anchors: per level, Boxes (Ri, 4).
-            pred_logits, pred_deltas: per level, (Ri, K) and (Ri, 4) for this image.
+            pred_logits, pred_deltas: per level, (Ri, K) and (Ri, 4), for this image.
             image_size: (height, width) of the image as fed to the network.
         Returns:
             Instances with at most ``max_detections_per_image`` detections.
@@ -288,8 +285,9 @@ class FocalRetinaNet(DenseDetector):
     ) -> Instances:
         # Comparing logits with logit(threshold) selects the same (anchor, class) pairs as
         # comparing sigmoid scores, without a sigmoid over all Ri * K of them.
-        candidates = torch.nonzero(logits.flatten() > _logit(self.test_score_thresh)).squeeze(1)
-        scores = logits.flatten()[candidates].sigmoid()
+        logits = logits.flatten()
+        candidates = torch.nonzero(logits > _logit(self.test_score_thresh)).squeeze(1)
+        scores = logits[candidates].sigmoid()
         num_topk = min(candidates.numel(), self.test_topk_candidates)
         scores, order = scores.topk(num_topk)
         candidates = candidates[order]
