@@ -12,10 +12,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 STAMP="$VENV/.retina_plugin_setup_complete"
-# Bump when the list below changes so existing venvs are brought up to date.
-SETUP_VERSION="1"
+# What the venv was made from: a changed requirements.txt or setup.py brings it up to date.
+SETUP_HASH="$(cat "$ROOT/requirements.txt" "$ROOT/setup.py" | sha256sum | cut -d' ' -f1)"
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$SETUP_VERSION" ] \
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$SETUP_HASH" ] \
    && "$VENV/bin/python" -c "import detectron2, retina_plugin" >/dev/null 2>&1; then
   echo "[setup] .venv is complete ($VENV)"
   exit 0
@@ -52,5 +52,5 @@ echo "[setup] installing torch, torchvision, detectron2 and friends (first time:
 "${PIP[@]}" -r "$ROOT/requirements.txt"
 echo "[setup] installing retina_plugin (editable)"
 "${PIP[@]}" --no-deps --no-build-isolation -e "$ROOT"
-"$VENV/bin/python" -c "import detectron2, retina_plugin; print('[setup] detectron2', detectron2.__version__, '| retina_plugin', retina_plugin.__version__)"
-echo "$SETUP_VERSION" > "$STAMP"
+"$VENV/bin/python" -W ignore::FutureWarning -c "import detectron2, retina_plugin; print('[setup] detectron2', detectron2.__version__, '| retina_plugin', retina_plugin.__version__)"
+echo "$SETUP_HASH" > "$STAMP"
