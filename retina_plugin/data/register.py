@@ -15,7 +15,6 @@ files, malformed json, dangling ids); images listed but missing on disk are repo
 dataset is loaded, i.e. before training starts. Every error names the file and the entry.
 """
 import json
-import logging
 import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Sequence
@@ -32,8 +31,6 @@ __all__ = [
     "register_datasets_from_config",
     "check_num_classes",
 ]
-
-logger = logging.getLogger(__name__)
 
 # name -> what it was registered with, so registering the same thing twice is a no-op.
 _REGISTERED: Dict[str, tuple] = {}

@@ -88,14 +88,20 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image
 
 
+def _box_area(boxes: np.ndarray) -> np.ndarray:
+    return (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+
+
 def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """
+    IoU of one XYXY box (4,) with each of ``boxes`` (M, 4).
+    """
     if len(boxes) == 0:
         return np.zeros(0)
     lt = np.maximum(box[:2], boxes[:, :2])
     rb = np.minimum(box[2:], boxes[:, 2:])
     inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
-    area = lambda b: (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])  # noqa: E731
-    return inter / (area(box) + area(boxes) - inter)
+    return inter / (_box_area(box) + _box_area(boxes) - inter)
 
 
 def _draw_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Dict]]:

@@ -1,7 +1,6 @@
 """
 The RetinaNet head: a classification subnet and a box subnet, shared across FPN levels.
 """
-import logging
 import math
 from typing import List, Tuple
 
@@ -13,9 +12,9 @@ from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.registry import Registry
 
-__all__ = ["FOCAL_RETINANET_HEAD_REGISTRY", "FocalRetinaNetHead", "build_focal_retinanet_head"]
+from .registry import get_registered
 
-logger = logging.getLogger(__name__)
+__all__ = ["FOCAL_RETINANET_HEAD_REGISTRY", "FocalRetinaNetHead", "build_focal_retinanet_head"]
 
 FOCAL_RETINANET_HEAD_REGISTRY = Registry("FOCAL_RETINANET_HEAD")
 FOCAL_RETINANET_HEAD_REGISTRY.__doc__ = """
@@ -26,11 +25,12 @@ to ``(logits, deltas)``: per-level lists of (N, A*K, Hi, Wi) and (N, A*4, Hi, Wi
 
 
 def build_focal_retinanet_head(cfg, input_shape: List[ShapeSpec]) -> nn.Module:
-    name = cfg.MODEL.FOCAL_RETINANET.HEAD_NAME
-    if name not in FOCAL_RETINANET_HEAD_REGISTRY:
-        known = sorted(n for n, _ in FOCAL_RETINANET_HEAD_REGISTRY)
-        raise KeyError(f"MODEL.FOCAL_RETINANET.HEAD_NAME={name!r} is not one of {known}")
-    return FOCAL_RETINANET_HEAD_REGISTRY.get(name)(cfg, input_shape)
+    head_class = get_registered(
+        FOCAL_RETINANET_HEAD_REGISTRY,
+        cfg.MODEL.FOCAL_RETINANET.HEAD_NAME,
+        "MODEL.FOCAL_RETINANET.HEAD_NAME",
+    )
+    return head_class(cfg, input_shape)
 
 
 @FOCAL_RETINANET_HEAD_REGISTRY.register()

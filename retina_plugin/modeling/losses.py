@@ -17,6 +17,8 @@ from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
 
+from .registry import get_registered
+
 __all__ = [
     "sigmoid_focal_loss",
     "CLASSIFICATION_LOSS_REGISTRY",
@@ -100,16 +102,9 @@ def sigmoid_focal_loss(
     return loss
 
 
-def _get_registered(registry: Registry, name: str, config_key: str):
-    if name not in registry:
-        known = sorted(n for n, _ in registry)
-        raise KeyError(f"{config_key}={name!r} is not one of the registered names {known}")
-    return registry.get(name)
-
-
 def build_classification_loss(cfg) -> nn.Module:
     name = cfg.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS
-    return _get_registered(
+    return get_registered(
         CLASSIFICATION_LOSS_REGISTRY, name, "MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS"
     )(cfg)
 
@@ -117,7 +112,7 @@ def build_classification_loss(cfg) -> nn.Module:
 def build_box_loss(cfg) -> nn.Module:
     name = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE
     name = BOX_LOSS_TYPE_ALIASES.get(name, name)
-    return _get_registered(BOX_LOSS_REGISTRY, name, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")(cfg)
+    return get_registered(BOX_LOSS_REGISTRY, name, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")(cfg)
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()

@@ -1,7 +1,6 @@
 """
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
-import logging
 import math
 from typing import List, Tuple
 
@@ -23,8 +22,6 @@ from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
 __all__ = ["FocalRetinaNet"]
-
-logger = logging.getLogger(__name__)
 
 LOSS_NORMALIZERS = ("num_foreground", "ema")
 
