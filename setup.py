@@ -12,6 +12,6 @@ setup(
     install_requires=["fvcore", "iopath", "pycocotools", "opencv-python-headless", "tqdm", "matplotlib"],
     extras_require={
         "wheel": ["sal-detectron2==0.7.2", "setuptools<81"],
-        "test": ["pytest"],
+        "test": ["pytest", "hypothesis"],
     },
 )

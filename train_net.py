@@ -15,7 +15,6 @@ Custom datasets without Python (see retina_plugin/data/register.py):
 """
 import logging
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.evaluation import verify_results
@@ -23,6 +22,8 @@ from detectron2.utils import comm
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
 from retina_plugin import add_retina_config
+from retina_plugin.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.config_checks import check_config
 from retina_plugin.data import check_num_classes, register_datasets_from_config
 from retina_plugin.trainer import Trainer
 
@@ -37,6 +38,7 @@ def setup(args):
     if args.voc_class_names:
         cfg.DATASETS.REGISTER.VOC_CLASS_NAMES = args.voc_class_names.split(",")
     cfg.freeze()
+    check_config(cfg)
     default_setup(cfg, args)
     register_datasets_from_config(cfg)
     check_num_classes(cfg)
@@ -47,9 +49,14 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            raise ValueError(
+                "--eval-only with MODEL.WEIGHTS empty would evaluate an untrained model: "
+                "give MODEL.WEIGHTS path/to/model_final.pth (or --resume with a checkpoint "
+                f"in OUTPUT_DIR {cfg.OUTPUT_DIR!r})"
+            )
+        checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)

@@ -54,3 +54,16 @@ def add_retina_config(cfg):
     _C.DATASETS.REGISTER.VOC = []
     # Class names of the VOC datasets above, in label order.
     _C.DATASETS.REGISTER.VOC_CLASS_NAMES = []
+
+    # What training does with an image that cannot be decoded (truncated, corrupt, missing):
+    #   "error": stop with an error naming the file (the default);
+    #   "skip": log a WARNING naming the file and train on another image instead.
+    # Evaluation and demo.py always name the file; demo.py goes on with the other inputs.
+    _C.DATASETS.ON_UNREADABLE_IMAGE = "error"
+
+    # When a loss or the gradient turns NaN/inf, stop with a diagnosis (which loss term, the
+    # iteration, learning rates, the batch's file names, what looks wrong: degenerate or huge
+    # target boxes, huge predicted deltas, gradient norm history, non-finite parameters) and
+    # save the batch and model state for tools/replay_batch.py. Costs one gradient-norm
+    # computation per iteration; False leaves detectron2's plain FloatingPointError.
+    _C.SOLVER.DIAGNOSE_NONFINITE = True

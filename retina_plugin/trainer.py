@@ -1,13 +1,23 @@
 """
-The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator.
+The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator,
+with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis and a
+metrics.json without repeated iterations after ``--resume``.
 """
 import contextlib
+import logging
 import os
+import weakref
 
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+
+from .checkpoint import AtomicDetectionCheckpointer
+from .data.mapper import CheckedDatasetMapper
+from .diagnostics import NonFiniteWatch
+from .metrics import drop_records_from
 
 __all__ = ["Trainer"]
 
@@ -43,6 +53,39 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with _cpu_ddp(cfg.MODEL.DEVICE):
             super().__init__(cfg)
+        if cfg.SOLVER.DIAGNOSE_NONFINITE:
+            # Under AMP an inf gradient is normal (the grad scaler skips that step).
+            self.nonfinite_watch = NonFiniteWatch(
+                cfg.OUTPUT_DIR, cfg.dump(), check_gradients=not cfg.SOLVER.AMP.ENABLED
+            ).attach(self._trainer)
+
+    def build_hooks(self):
+        # DefaultTrainer.__init__ made a DetectionCheckpointer just before calling this; the
+        # hooks (PeriodicCheckpointer) must get the atomic one.
+        self.checkpointer = AtomicDetectionCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
+        return super().build_hooks()
+
+    def resume_or_load(self, resume=True):
+        super().resume_or_load(resume=resume)
+        if resume and self.start_iter > 0 and comm.is_main_process():
+            # The iterations after the checkpoint were logged by the killed run and will be
+            # logged again.
+            removed = drop_records_from(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"), self.start_iter)
+            if removed:
+                logging.getLogger(__name__).info(
+                    f"Resuming at iteration {self.start_iter}: removed {removed} line(s) of "
+                    "metrics.json logged after the checkpoint by the interrupted run"
+                )
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=CheckedDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

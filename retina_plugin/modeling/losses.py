@@ -124,6 +124,13 @@ class SigmoidFocalLoss(nn.Module):
     @configurable
     def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
         super().__init__()
+        # alpha > 1 gives the negatives a negative loss; gamma < 0 up-weights easy examples.
+        if not alpha <= 1:
+            raise ValueError(f"focal loss alpha (MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in "
+                             f"[0, 1], or < 0 to disable it; got {alpha}")
+        if not gamma >= 0:
+            raise ValueError(f"focal loss gamma (MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be "
+                             f">= 0; got {gamma}")
         self.alpha = alpha
         self.gamma = gamma
 

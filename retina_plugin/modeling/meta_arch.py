@@ -18,6 +18,7 @@ from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..config_checks import check_model_config
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
@@ -108,6 +109,7 @@ class FocalRetinaNet(DenseDetector):
 
     @classmethod
     def from_config(cls, cfg):
+        check_model_config(cfg)  # issue 9: every key in its domain, named if not
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
