@@ -15,13 +15,13 @@ import tqdm
 
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
-from detectron2.data.detection_utils import read_image
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
 from retina_plugin import add_retina_config
 from retina_plugin.data import register_datasets_from_config
+from retina_plugin.data.mapper import UnreadableImageError, read_image_checked
 from retina_plugin.visualization import draw_detections, expand_image_inputs
 
 
@@ -75,7 +75,13 @@ def run_on_images(args, cfg, predictor, metadata):
     files = expand_image_inputs(args.input)
     written = []
     for path in tqdm.tqdm(files, desc="predict", unit="image"):
-        image = read_image(path, format="BGR")
+        try:
+            image = read_image_checked(path, format="BGR")
+        except UnreadableImageError as e:
+            # One bad file must not cost the rest of the inputs.
+            tqdm.tqdm.write(f"WARNING: skipped {e}")
+            args.unreadable.append(path)
+            continue
         instances = predictor(image)["instances"]
         target = output_file(args, cfg, path, ".png", single_input=len(files) == 1)
         if not cv2.imwrite(target, draw_detections(image, instances, metadata, args.scale)):
@@ -113,9 +119,15 @@ def run_on_video(args, cfg, predictor, metadata):
 
 
 def main(argv=None):
-    args = get_parser().parse_args(argv)
+    parser = get_parser()
+    args = parser.parse_args(argv)
     if bool(args.input) == bool(args.video_input):
         raise SystemExit("demo.py: give either --input or --video-input")
+    if not 0 <= args.confidence_threshold <= 1:
+        parser.error(f"--confidence-threshold {args.confidence_threshold}: expected a score in [0, 1]")
+    if not args.scale > 0:
+        parser.error(f"--scale {args.scale}: expected a number > 0")
+    args.unreadable = []
     logger = setup_logger(name="retina_plugin.demo")
     cfg = setup_cfg(args)
     if not cfg.MODEL.WEIGHTS:
@@ -126,8 +138,13 @@ def main(argv=None):
         written = run_on_images(args, cfg, predictor, metadata)
     else:
         written = run_on_video(args, cfg, predictor, metadata)
-    folder = os.path.dirname(os.path.abspath(written[0]))
-    print(f"Wrote {len(written)} file(s) with drawn detections to {folder}")
+    if written:
+        folder = os.path.dirname(os.path.abspath(written[0]))
+        print(f"Wrote {len(written)} file(s) with drawn detections to {folder}")
+    if args.unreadable:
+        raise SystemExit(
+            f"demo.py: {len(args.unreadable)} input(s) could not be read: {', '.join(args.unreadable)}"
+        )
     return written
 
 

@@ -14,6 +14,8 @@ from typing import Dict, List
 
 import matplotlib
 
+from retina_plugin.metrics import latest_records
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -24,6 +26,8 @@ AP_KEYS = ("bbox/AP", "bbox/AP50", "bbox/AP75")
 def read_metrics(path: str) -> List[Dict]:
     """
     One dict per line, as detectron2's JSONWriter writes them. Errors name the file and line.
+    Iterations logged twice (a run killed and resumed from an earlier checkpoint) keep only
+    their last occurrence.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path}: no such metrics file (look in the run's OUTPUT_DIR)")
@@ -35,10 +39,16 @@ def read_metrics(path: str) -> List[Dict]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
+                if not line.endswith("\n"):
+                    # The last line of a run killed while writing it.
+                    print(f"plot_metrics: ignoring the cut-off last line {line_number} of {path}",
+                          file=sys.stderr)
+                    continue
                 raise ValueError(f"{path}:{line_number}: not a JSON object ({e})") from e
             if not isinstance(record, dict) or "iteration" not in record:
                 raise ValueError(f"{path}:{line_number}: expected a dict with an 'iteration'")
             records.append(record)
+    records = latest_records(records)
     if not any(k in r for r in records for k in LOSS_KEYS):
         raise ValueError(f"{path}: no training losses ({', '.join(LOSS_KEYS)}) in any line")
     return records

@@ -11,10 +11,15 @@ Register datasets from the config (``cfg.DATASETS.REGISTER``), so custom data ne
       TEST: ("my_val",)
 
 Everything that can be checked without reading images is checked at registration (missing
-files, malformed json, dangling ids); images listed but missing on disk are reported when the
-dataset is loaded, i.e. before training starts. Every error names the file and the entry.
+files, malformed json, dangling ids, boxes that are not 4 finite numbers or have a negative
+size); images listed but missing on disk are reported when the dataset is loaded, i.e. before
+training starts. Every error names the file and the entry. Boxes a detectron2 user expects to
+be tolerated are dropped (zero width or height, wholly outside the image) or clipped (partly
+outside) with one WARNING per dataset that counts them and names the file and annotation ids.
 """
 import json
+import logging
+import math
 import os
 import xml.etree.ElementTree as ET
 from typing import Dict, List, Sequence
@@ -24,6 +29,8 @@ from PIL import Image
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 from detectron2.structures import BoxMode
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "register_coco_json",
@@ -58,10 +65,76 @@ def _missing_files_error(dataset_name: str, what: str, missing: List[str]) -> Fi
     )
 
 
-# ----------------------------------------------------------------------------- COCO json
-def _read_coco_categories(json_file: str, image_root: str, source: str) -> List[Dict]:
+# ----------------------------------------------------------------------------- boxes
+def _bbox_error(bbox) -> str:
     """
-    Check a COCO json's structure and cross references; return its categories sorted by id.
+    Why ``bbox`` ([x, y, w, h]) is invalid, or "" if it is 4 finite numbers with w, h >= 0.
+    """
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        return "expected a list [x, y, width, height] of 4 numbers"
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        return "coordinates must be numbers"
+    if not all(math.isfinite(v) for v in bbox):
+        return "coordinates must be finite (no NaN / inf)"
+    if bbox[2] < 0 or bbox[3] < 0:
+        return "width and height must be >= 0"
+    return ""
+
+
+# What happens to a valid box, by _box_fate: "keep", "zero-size", "outside" (both dropped),
+# "clipped" (kept; detectron2 clips it to the image).
+def _box_fate(bbox, width, height) -> str:
+    x, y, w, h = bbox
+    if w == 0 or h == 0:
+        return "zero-size"
+    if width is None or height is None:
+        return "keep"
+    if x >= width or y >= height or x + w <= 0 or y + h <= 0:
+        return "outside"
+    if x < 0 or y < 0 or x + w > width or y + h > height:
+        return "clipped"
+    return "keep"
+
+
+def _warn_box_fates(dataset_name: str, source_file: str, fates: Dict[str, List]) -> None:
+    """
+    One WARNING for the whole dataset: how many boxes are dropped / clipped and which.
+    """
+    what = {
+        "zero-size": "dropped (zero width or height)",
+        "outside": "dropped (wholly outside their image)",
+        "clipped": "clipped to their image (partly outside)",
+    }
+    parts = []
+    for fate, label in what.items():
+        ids = fates.get(fate, [])
+        if ids:
+            shown = ", ".join(str(i) for i in ids[:10]) + (" ..." if len(ids) > 10 else "")
+            parts.append(f"{len(ids)} box(es) {label}: {shown}")
+    if parts:
+        logger.warning(f"Dataset {dataset_name!r} ({source_file}): " + "; ".join(parts))
+
+
+def _drop_bad_boxes(dicts: List[Dict]) -> None:
+    """
+    Remove, in place, the annotations (XYWH_ABS or XYXY_ABS boxes) that _box_fate drops.
+    """
+    for record in dicts:
+        kept = []
+        for ann in record.get("annotations", []):
+            bbox = list(ann["bbox"])
+            if ann.get("bbox_mode") == BoxMode.XYXY_ABS:
+                bbox = [bbox[0], bbox[1], bbox[2] - bbox[0], bbox[3] - bbox[1]]
+            if _box_fate(bbox, record.get("width"), record.get("height")) not in ("zero-size", "outside"):
+                kept.append(ann)
+        record["annotations"] = kept
+
+
+# ----------------------------------------------------------------------------- COCO json
+def _read_coco_categories(json_file: str, image_root: str, source: str, name: str = "") -> List[Dict]:
+    """
+    Check a COCO json's structure, cross references and boxes (warning once about the boxes
+    that will be dropped or clipped); return its categories sorted by id.
     """
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"{source}: json_file {json_file!r} does not exist")
@@ -90,7 +163,17 @@ def _read_coco_categories(json_file: str, image_root: str, source: str) -> List[
         return seen
 
     category_ids = ids("categories", ("id", "name"))
-    image_ids = ids("images", ("id", "file_name"))
+    image_ids = ids("images", ("id", "file_name", "width", "height"))
+    image_sizes = {}
+    for img in data["images"]:
+        w, h = img["width"], img["height"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in (w, h)):
+            raise ValueError(
+                f"{json_file}: image {img['id']} ({img['file_name']}) has width {w!r}, height "
+                f"{h!r}; expected positive numbers"
+            )
+        image_sizes[img["id"]] = (w, h)
+    fates: Dict[str, List] = {}
     if not category_ids:
         raise ValueError(f"{json_file}: 'categories' is empty")
     for i, ann in enumerate(data["annotations"]):
@@ -108,11 +191,16 @@ def _read_coco_categories(json_file: str, image_root: str, source: str) -> List[
                 f"{ann['category_id']}, which is not in 'categories' (ids {sorted(category_ids)})"
             )
         bbox = ann["bbox"]
-        if len(bbox) != 4 or bbox[2] < 0 or bbox[3] < 0:
+        problem = _bbox_error(bbox)
+        if problem:
             raise ValueError(
-                f"{json_file}: annotation {ann.get('id', i)} has bbox {bbox}; "
-                "expected [x, y, width, height] with width, height >= 0"
+                f"{json_file}: annotation {ann.get('id', i)} has bbox {bbox!r}: {problem} "
+                f"(image_id {ann['image_id']})"
             )
+        fate = _box_fate(bbox, *image_sizes[ann["image_id"]])
+        if fate != "keep":
+            fates.setdefault(fate, []).append(f"annotation {ann.get('id', i)}")
+    _warn_box_fates(name or source, json_file, fates)
     return sorted(data["categories"], key=lambda c: c["id"])
 
 
@@ -125,13 +213,14 @@ def register_coco_json(name: str, json_file: str, image_root: str, source: str =
     spec = ("coco", os.path.abspath(json_file), os.path.abspath(image_root))
     if not _needs_registration(name, spec, source):
         return
-    categories = _read_coco_categories(json_file, image_root, source)
+    categories = _read_coco_categories(json_file, image_root, source, name)
 
     def load():
         dicts = load_coco_json(json_file, image_root, name)
         missing = [d["file_name"] for d in dicts if not os.path.isfile(d["file_name"])]
         if missing:
             raise _missing_files_error(name, f"images listed in {json_file}", missing)
+        _drop_bad_boxes(dicts)  # counted in the WARNING at registration
         return dicts
 
     DatasetCatalog.register(name, load)
@@ -150,6 +239,7 @@ def _load_voc(name: str, dirname: str, split: str, class_names: List[str]) -> Li
     with open(os.path.join(dirname, "ImageSets", "Main", f"{split}.txt")) as f:
         file_ids = [line.split()[0] for line in f if line.strip()]
     dicts, missing_xml, missing_images = [], [], []
+    fates: Dict[str, List] = {}
     for file_id in file_ids:
         xml_file = os.path.join(dirname, "Annotations", f"{file_id}.xml")
         if not os.path.isfile(xml_file):
@@ -166,7 +256,12 @@ def _load_voc(name: str, dirname: str, split: str, class_names: List[str]) -> Li
             continue
         width, height = tree.findtext("size/width"), tree.findtext("size/height")
         if width and height:
-            width, height = int(float(width)), int(float(height))
+            try:
+                width, height = int(float(width)), int(float(height))
+            except ValueError as e:
+                raise ValueError(
+                    f"{xml_file}: <size> width {width!r} / height {height!r} are not numbers"
+                ) from e
         else:
             with Image.open(image_file) as image:
                 width, height = image.size
@@ -184,6 +279,17 @@ def _load_voc(name: str, dirname: str, split: str, class_names: List[str]) -> Li
                 )
             except (TypeError, ValueError) as e:
                 raise ValueError(f"{xml_file}: object {class_name!r} has no valid bndbox") from e
+            # VOC pixel indexes are 1-based and inclusive: width = xmax - xmin + 1.
+            bbox = [xmin - 1.0, ymin - 1.0, xmax - xmin + 1.0, ymax - ymin + 1.0]
+            problem = _bbox_error(bbox)
+            if problem:
+                raise ValueError(
+                    f"{xml_file}: object {class_name!r} has bndbox xmin={xmin}, ymin={ymin}, "
+                    f"xmax={xmax}, ymax={ymax}: {problem.replace('width and height', 'xmax >= xmin - 1 and ymax >= ymin - 1')}"
+                )
+            fate = _box_fate(bbox, width, height)
+            if fate != "keep":
+                fates.setdefault(fate, []).append(f"{os.path.basename(xml_file)} object {class_name!r}")
             annotations.append(
                 {
                     "category_id": class_names.index(class_name),
@@ -205,6 +311,8 @@ def _load_voc(name: str, dirname: str, split: str, class_names: List[str]) -> Li
         raise _missing_files_error(name, "annotation files", missing_xml)
     if missing_images:
         raise _missing_files_error(name, "images", missing_images)
+    _warn_box_fates(name, os.path.join(dirname, "Annotations"), fates)
+    _drop_bad_boxes(dicts)
     return dicts
 
 
