@@ -20,6 +20,7 @@ from torch import nn
 
 from detectron2.engine import HookBase
 from detectron2.utils import comm
+from detectron2.utils.events import EventStorage
 
 from .checkpoint import atomic_write
 
@@ -299,7 +300,8 @@ def replay(path: str, cfg=None):
     model.load_state_dict(data["model"])
     model.train()
     batch = data["batched_inputs"]
-    loss_dict = model(batch)
+    with EventStorage(data.get("iteration", 0)):  # the model logs scalars while training
+        loss_dict = model(batch)
     total = sum(loss_dict.values())
     model.zero_grad()
     total.backward()
