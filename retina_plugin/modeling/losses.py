@@ -151,16 +151,20 @@ class SigmoidFocalLoss(nn.Module):
             scalar, the loss summed over anchors and classes.
         """
         if self.fused:
-            # float32 even under autocast: the loss sums ~1e5 terms.
-            return fused_sigmoid_focal_loss_from_labels(
-                pred_logits.float(), gt_labels, self.alpha, self.gamma, reduction="sum"
-            )
+            return self._fused_loss(pred_logits, gt_labels)
         num_classes = pred_logits.shape[1]
         # one_hot over K + 1 then drop the background column: background = all zeros.
         targets = F.one_hot(gt_labels, num_classes + 1)[:, :num_classes]
         # float32 even under autocast: the loss sums ~1e5 terms.
         return sigmoid_focal_loss(
             pred_logits.float(), targets.float(), self.alpha, self.gamma, reduction="sum"
+        )
+
+    @torch.jit.unused
+    def _fused_loss(self, pred_logits: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
+        # float32 even under autocast: the loss sums ~1e5 terms.
+        return fused_sigmoid_focal_loss_from_labels(
+            pred_logits.float(), gt_labels, self.alpha, self.gamma, reduction="sum"
         )
 
     def extra_repr(self):
