@@ -17,6 +17,7 @@ from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
 
+from .fused_focal_loss import fused_sigmoid_focal_loss_from_labels
 from .registry import get_registered
 
 __all__ = [
@@ -122,7 +123,12 @@ class SigmoidFocalLoss(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0):
+    def __init__(self, *, alpha: float = 0.25, gamma: float = 2.0, fused: bool = True):
+        """
+        fused: compute it with :func:`fused_sigmoid_focal_loss_from_labels` (same values and
+            gradients, faster, no (M, K) intermediates); False runs the reference
+            :func:`sigmoid_focal_loss` through autograd.
+        """
         super().__init__()
         # alpha > 1 gives the negatives a negative loss; gamma < 0 up-weights easy examples.
         if not alpha <= 1:
@@ -133,12 +139,14 @@ class SigmoidFocalLoss(nn.Module):
                              f">= 0; got {gamma}")
         self.alpha = alpha
         self.gamma = gamma
+        self.fused = fused
 
     @classmethod
     def from_config(cls, cfg):
         return {
             "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
             "gamma": cfg.MODEL.RETINANET.FOCAL_LOSS_GAMMA,
+            "fused": cfg.MODEL.FOCAL_RETINANET.FUSED_FOCAL_LOSS,
         }
 
     def forward(self, pred_logits: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
@@ -149,6 +157,8 @@ class SigmoidFocalLoss(nn.Module):
         Returns:
             scalar, the loss summed over anchors and classes.
         """
+        if self.fused:
+            return self._fused_loss(pred_logits, gt_labels)
         num_classes = pred_logits.shape[1]
         # one_hot over K + 1 then drop the background column: background = all zeros.
         targets = F.one_hot(gt_labels, num_classes + 1)[:, :num_classes]
@@ -157,8 +167,15 @@ class SigmoidFocalLoss(nn.Module):
             pred_logits.float(), targets.float(), self.alpha, self.gamma, reduction="sum"
         )
 
+    @torch.jit.unused
+    def _fused_loss(self, pred_logits: torch.Tensor, gt_labels: torch.Tensor) -> torch.Tensor:
+        # float32 even under autocast: the loss sums ~1e5 terms.
+        return fused_sigmoid_focal_loss_from_labels(
+            pred_logits.float(), gt_labels, self.alpha, self.gamma, reduction="sum"
+        )
+
     def extra_repr(self):
-        return f"alpha={self.alpha}, gamma={self.gamma}"
+        return f"alpha={self.alpha}, gamma={self.gamma}, fused={self.fused}"
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()
@@ -168,12 +185,15 @@ class SigmoidBCELoss(SigmoidFocalLoss):
     """
 
     @configurable
-    def __init__(self, *, alpha: float = 0.25):
-        super().__init__(alpha=alpha, gamma=0.0)
+    def __init__(self, *, alpha: float = 0.25, fused: bool = True):
+        super().__init__(alpha=alpha, gamma=0.0, fused=fused)
 
     @classmethod
     def from_config(cls, cfg):
-        return {"alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA}
+        return {
+            "alpha": cfg.MODEL.RETINANET.FOCAL_LOSS_ALPHA,
+            "fused": cfg.MODEL.FOCAL_RETINANET.FUSED_FOCAL_LOSS,
+        }
 
 
 class _BoxLoss(nn.Module):

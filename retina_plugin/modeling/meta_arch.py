@@ -2,7 +2,7 @@
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
 import math
-from typing import List, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -19,6 +19,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..config_checks import check_model_config
+from .fast_inference import FastInferenceModules, fast_inference_forward
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
@@ -61,6 +62,7 @@ class FocalRetinaNet(DenseDetector):
         pixel_mean: Tuple[float, ...],
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
+        fast_inference: bool = True,
     ):
         """
         Args:
@@ -83,6 +85,9 @@ class FocalRetinaNet(DenseDetector):
             test_nms_thresh: IoU of class-wise NMS over the merged levels.
             max_detections_per_image: detections kept per image after NMS.
             pixel_mean, pixel_std, input_format: image normalization, see DenseDetector.
+            fast_inference: in eval mode without autograd, run a copy of the backbone and
+                head with norms folded into convs, in channels_last (see
+                :mod:`retina_plugin.modeling.fast_inference`); same detections.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -106,6 +111,8 @@ class FocalRetinaNet(DenseDetector):
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
+        self.fast_inference = fast_inference
+        self._fast_modules = FastInferenceModules()
 
     @classmethod
     def from_config(cls, cfg):
@@ -144,7 +151,32 @@ class FocalRetinaNet(DenseDetector):
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
+            "fast_inference": cfg.MODEL.FOCAL_RETINANET.FAST_INFERENCE,
         }
+
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """DenseDetector's forward, or the inference fast path where it applies."""
+        if not torch.jit.is_scripting():
+            if self._use_fast_inference():
+                return self._fast_forward(batched_inputs)
+        return self._dense_detector_forward(batched_inputs)
+
+    # DenseDetector.forward as a method of this class, so TorchScript can compile it.
+    _dense_detector_forward = DenseDetector.forward
+
+    @torch.jit.unused
+    def _use_fast_inference(self) -> bool:
+        # Not while tracing (export) or when someone asks for gradients in eval mode.
+        return (
+            self.fast_inference
+            and not self.training
+            and not torch.is_grad_enabled()
+            and not torch.jit.is_tracing()
+        )
+
+    @torch.jit.unused
+    def _fast_forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        return fast_inference_forward(self, self._fast_modules, batched_inputs)
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):

@@ -1,0 +1,248 @@
+"""
+The sigmoid focal loss as one autograd function with a closed-form gradient, computed in
+cache-sized chunks.
+
+Autograd through :func:`~retina_plugin.modeling.losses.sigmoid_focal_loss` (or torchvision's)
+keeps about ten full-size intermediates alive for the backward pass and runs each
+element-wise step as a separate pass over memory. Here forward and backward each walk the
+logits once, chunk by chunk, and the backward recomputes what it needs from the logits and
+targets, the only tensors saved. The targets can also be given as class labels (M,), which
+never materialises the (M, K) one-hot matrix.
+
+Same values and gradients as ``sigmoid_focal_loss`` (including its floor on 1 - p_t, which keeps
+gradients finite for gamma < 1), to float32 rounding.
+"""
+import math
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+__all__ = ["fused_sigmoid_focal_loss", "fused_sigmoid_focal_loss_from_labels"]
+
+# Elements per chunk: the few float32 temporaries of one chunk stay in a core's L2 cache.
+_CHUNK_ELEMENTS = 1 << 15
+
+
+def fused_sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+) -> Tensor:
+    """
+    Same signature and values as :func:`retina_plugin.modeling.losses.sigmoid_focal_loss`
+    (and ``torchvision.ops.sigmoid_focal_loss``).
+
+    Args:
+        inputs: logits, any shape.
+        targets: same shape, in [0, 1] (1 positive, 0 negative).
+        alpha, gamma, reduction: see ``sigmoid_focal_loss``.
+    """
+    _check_reduction(reduction)
+    if targets.shape != inputs.shape:
+        raise ValueError(
+            f"targets must have the shape of inputs {tuple(inputs.shape)}, got {tuple(targets.shape)}"
+        )
+    # 0/1 targets (the detector's case) take the shorter closed form.
+    mode = "binary" if bool(((targets == 0) | (targets == 1)).all()) else "soft"
+    return _FocalLoss.apply(inputs, targets, mode, float(alpha), float(gamma), reduction)
+
+
+def fused_sigmoid_focal_loss_from_labels(
+    inputs: Tensor,
+    labels: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "sum",
+) -> Tensor:
+    """
+    The focal loss of (M, K) logits against class labels, as if the targets were
+    ``one_hot(labels, K + 1)[:, :K]`` (label K = background: all classes negative).
+
+    Args:
+        inputs: (M, K) logits.
+        labels: (M,) integers in [0, K].
+        alpha, gamma, reduction: see ``sigmoid_focal_loss``.
+    """
+    _check_reduction(reduction)
+    if inputs.dim() != 2 or labels.shape != inputs.shape[:1]:
+        raise ValueError(
+            f"Expected inputs (M, K) and labels (M,), got {tuple(inputs.shape)} and {tuple(labels.shape)}"
+        )
+    if labels.is_floating_point():
+        raise ValueError(f"labels must be integers, got {labels.dtype}")
+    if labels.numel() > 0:
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high > inputs.shape[1]:
+            raise ValueError(
+                f"labels must be in [0, {inputs.shape[1]}] (K = background), got values in [{low}, {high}]"
+            )
+    return _FocalLoss.apply(inputs, labels, "labels", float(alpha), float(gamma), reduction)
+
+
+def _check_reduction(reduction: str) -> None:
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(
+            f"Invalid value for arg 'reduction': {reduction!r}; "
+            "supported reduction modes: 'none', 'mean', 'sum'"
+        )
+
+
+def _chunk_targets(targets: Tensor, mode: str, rows: slice, num_columns: int) -> Tensor:
+    """
+    The targets of rows ``rows`` of the flattened (R, C) problem: bool for "labels" and
+    "binary" (0/1 floats), float32 for "soft".
+    """
+    if mode == "labels":
+        classes = torch.arange(num_columns, device=targets.device)
+        return targets[rows, None] == classes
+    if mode == "binary":
+        return targets[rows] > 0.5
+    return targets[rows].to(torch.promote_types(targets.dtype, torch.float32))
+
+
+def _binary_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_grad: bool):
+    """
+    Element-wise loss (and d loss / d x) for a float32 chunk ``x`` and bool targets ``t``.
+
+    With z = x for negatives and -x for positives, q = sigmoid(z) = 1 - p_t and
+    ce = -log(p_t) = softplus(z):
+        loss = alpha_t ce q^gamma
+        dloss/dz = alpha_t q^gamma (q + gamma ce (1 - q))
+    which needs no q^(gamma - 1), so it is finite for every gamma and logit.
+    """
+    z = torch.where(t, -x, x)
+    ce = F.softplus(z)
+    q = torch.sigmoid(z)
+    if gamma != 0:
+        # The same floor as sigmoid_focal_loss, for identical values where q underflows.
+        q_gamma = q.clamp(min=torch.finfo(q.dtype).tiny).pow_(gamma)
+        loss = ce * q_gamma
+    else:
+        loss = ce
+    if alpha >= 0:
+        alpha_t = torch.where(t, alpha, 1 - alpha)
+        loss = loss * alpha_t
+    if not need_grad:
+        return loss, None
+    if gamma != 0:
+        grad = torch.sub(1, q).mul_(ce).mul_(gamma).add_(q).mul_(q_gamma)
+    else:
+        grad = q
+    if alpha >= 0:
+        grad = grad * alpha_t
+    return loss, torch.where(t, -grad, grad)
+
+
+def _soft_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_grad: bool):
+    """
+    Element-wise loss (and d loss / d x if ``need_grad``) for float32 chunks ``x`` and soft
+    targets ``t`` in [0, 1].
+
+    With p = sigmoid(x), q = 1 - p_t = t (1 - p) + (1 - t) p and ce = -log(p_t):
+        loss = alpha_t ce q^gamma
+        dloss/dx = alpha_t q^gamma ((p - t) + gamma ce (1 - 2t) p (1 - p) / q)
+    p and 1 - p come from one exp(-|x|), so neither rounds to 0 or 1 for large |x|.
+    """
+    e = torch.exp(-x.abs())
+    r = torch.reciprocal(1 + e)
+    er = e * r
+    positive = x >= 0
+    p = torch.where(positive, r, er)
+    p_neg = torch.where(positive, er, r)  # 1 - p
+    ce = x.clamp(min=0).add_(torch.log1p(e)).sub_(t * x)  # softplus(x) - t x
+    del e, r, er, positive
+    if gamma != 0:
+        q = (p_neg - p).mul_(t).add_(p)
+        # The same floor as sigmoid_focal_loss: pow's gradient stays finite for gamma < 1.
+        tiny = torch.finfo(q.dtype).tiny
+        q_floored = q.clamp(min=tiny)
+        q_gamma = q_floored.pow(gamma)
+    if alpha >= 0:
+        alpha_t = t.mul(2 * alpha - 1).add_(1 - alpha)
+    loss = ce * q_gamma if gamma != 0 else ce
+    if alpha >= 0:
+        loss.mul_(alpha_t)
+    if not need_grad:
+        return loss, None
+    grad = p - t
+    if gamma != 0:
+        # The clamp passes no gradient where it floors q.
+        dq = torch.mul(p, p_neg).mul_(1 - 2 * t).mul_(ce).mul_(gamma).div_(q_floored)
+        dq.masked_fill_(q < tiny, 0)
+        grad.add_(dq).mul_(q_gamma)
+    if alpha >= 0:
+        grad.mul_(alpha_t)
+    return loss, grad
+
+
+class _FocalLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, inputs: Tensor, targets: Tensor, mode: str, alpha: float, gamma: float, reduction: str):
+        ctx.save_for_backward(inputs, targets)
+        ctx.options = (mode, alpha, gamma, reduction)
+        flat = _as_rows(inputs)
+        flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
+        out = torch.empty_like(flat) if reduction == "none" else None
+        dtype = _compute_dtype(inputs)
+        total = torch.zeros((), dtype=dtype, device=inputs.device)
+        for rows in _row_chunks(flat):
+            x = flat[rows].to(dtype)
+            t = _chunk_targets(flat_targets, mode, rows, flat.shape[1])
+            loss_and_grad = _soft_loss_and_grad if mode == "soft" else _binary_loss_and_grad
+            loss, _ = loss_and_grad(x, t, alpha, gamma, need_grad=False)
+            if out is None:
+                total += loss.sum()
+            else:
+                out[rows] = loss
+        if reduction == "none":
+            return out.reshape(inputs.shape)
+        if reduction == "mean":
+            total = total / inputs.numel()
+        return total.to(inputs.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor):
+        inputs, targets = ctx.saved_tensors
+        mode, alpha, gamma, reduction = ctx.options
+        flat = _as_rows(inputs)
+        flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
+        if reduction == "none":
+            flat_grad_output = grad_output.reshape(flat.shape)
+        else:
+            scale = grad_output.to(_compute_dtype(inputs)) / (inputs.numel() if reduction == "mean" else 1)
+        grad_input = torch.empty_like(flat)
+        dtype = _compute_dtype(inputs)
+        for rows in _row_chunks(flat):
+            x = flat[rows].to(dtype)
+            t = _chunk_targets(flat_targets, mode, rows, flat.shape[1])
+            loss_and_grad = _soft_loss_and_grad if mode == "soft" else _binary_loss_and_grad
+            _, grad = loss_and_grad(x, t, alpha, gamma, need_grad=True)
+            if reduction == "none":
+                grad.mul_(flat_grad_output[rows])
+            else:
+                grad.mul_(scale)
+            grad_input[rows] = grad
+        return grad_input.reshape(inputs.shape), None, None, None, None, None
+
+
+def _as_rows(inputs: Tensor) -> Tensor:
+    """(R, C) view of ``inputs``: rows along the first dimension."""
+    if inputs.dim() < 2:
+        return inputs.reshape(-1, 1)
+    return inputs.reshape(inputs.shape[0], math.prod(inputs.shape[1:]))
+
+
+def _compute_dtype(inputs: Tensor) -> torch.dtype:
+    """float32 for half/bfloat16/float32 logits (the loss sums ~1e6 terms), else float64."""
+    return torch.promote_types(inputs.dtype, torch.float32)
+
+
+def _row_chunks(flat: Tensor):
+    """Slices of rows of the (R, C) tensor ``flat``, about _CHUNK_ELEMENTS elements each."""
+    num_rows, num_columns = flat.shape
+    step = max(1, _CHUNK_ELEMENTS // max(num_columns, 1))
+    for start in range(0, num_rows, step):
+        yield slice(start, min(start + step, num_rows))
