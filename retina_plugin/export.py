@@ -227,3 +227,33 @@ def compare_detections(
             diff = (expected[key] - actual[key].to(expected[key])).abs().max().item()
             problems.append(f"{key} differ by up to {diff:.2e} (> {atol})")
     return problems
+
+
+def resized_copies(image: Tensor, scales=(0.5, 0.8, 1.3)) -> List[Tensor]:
+    """
+    ``image`` (3, H, W) resized by each scale, the aspect ratio changed a little, so that the
+    check runs at sizes other than the traced one.
+    """
+    height, width = image.shape[1:]
+    copies = []
+    for i, scale in enumerate(scales):
+        size = (max(32, round(height * scale)), max(32, round(width * scale * (1.1 if i % 2 else 0.9))))
+        copies.append(
+            torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+        )
+    return copies
+
+
+def verify_exported(
+    model: nn.Module, exported, images: List[Tensor], atol: float = 1e-3
+) -> List[Tuple[Tuple[int, int], int, List[str]]]:
+    """
+    Run eager ``model`` and ``exported`` on each image (3, H, W). Returns per image
+    ((H, W), number of eager detections, differences); no differences means they agree.
+    """
+    report = []
+    for image in images:
+        expected = run_eager(model, image)
+        actual = run_exported(exported, image)
+        report.append((tuple(image.shape[1:]), len(expected["scores"]), compare_detections(expected, actual, atol)))
+    return report
