@@ -3,11 +3,14 @@ The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated wit
 """
 import contextlib
 import os
+from collections import OrderedDict
 
 from detectron2.engine import DefaultTrainer
 from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
+
+from .modeling import FocalRetinaNetWithTTA
 
 __all__ = ["Trainer"]
 
@@ -49,3 +52,16 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """
+        Evaluate with test-time augmentation (``TEST.AUG``: MIN_SIZES, MAX_SIZE, FLIP), as
+        detectron2's R-CNN example does: results under "<dataset>_TTA", files in inference_TTA/.
+        """
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, FocalRetinaNetWithTTA(cfg, model), evaluators)
+        return OrderedDict((name + "_TTA", value) for name, value in results.items())
