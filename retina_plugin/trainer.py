@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import weakref
+from collections import OrderedDict
 
 from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer
@@ -18,6 +19,7 @@ from .checkpoint import AtomicDetectionCheckpointer
 from .data.mapper import CheckedDatasetMapper
 from .diagnostics import NonFiniteWatch
 from .metrics import drop_records_from
+from .modeling import FocalRetinaNetWithTTA
 
 __all__ = ["Trainer"]
 
@@ -92,3 +94,16 @@ class Trainer(DefaultTrainer):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """
+        Evaluate with test-time augmentation (``TEST.AUG``: MIN_SIZES, MAX_SIZE, FLIP), as
+        detectron2's R-CNN example does: results under "<dataset>_TTA", files in inference_TTA/.
+        """
+        evaluators = [
+            cls.build_evaluator(cfg, name, os.path.join(cfg.OUTPUT_DIR, "inference_TTA", name))
+            for name in cfg.DATASETS.TEST
+        ]
+        results = cls.test(cfg, FocalRetinaNetWithTTA(cfg, model), evaluators)
+        return OrderedDict((name + "_TTA", value) for name, value in results.items())

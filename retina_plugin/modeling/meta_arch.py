@@ -6,6 +6,7 @@ from typing import Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
+from torchvision.ops import nms
 
 from detectron2.config import configurable
 from detectron2.layers import batched_nms, cat
@@ -266,6 +267,9 @@ class FocalRetinaNet(DenseDetector):
         return max(total.item(), 1.0) / world_size
 
     # ----------------------------------------------------------------- inference
+    # Inference is written to be exported: no Python number is derived from a tensor, so that
+    # a trace (TorchScript, ONNX) stays right at every input size, and it compiles with
+    # torch.jit.script (see retina_plugin/export.py).
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ) -> List[Instances]:
@@ -273,15 +277,14 @@ class FocalRetinaNet(DenseDetector):
             predictions, [self.num_classes, 4]
         )
         anchors = self.anchor_generator(features)
-        return [
-            self.inference_single_image(
-                anchors,
-                [x[i] for x in pred_logits],
-                [x[i] for x in pred_deltas],
-                image_size,
+        results: List[Instances] = []
+        for i, image_size in enumerate(images.image_sizes):
+            results.append(
+                self.inference_single_image(
+                    anchors, [x[i] for x in pred_logits], [x[i] for x in pred_deltas], image_size
+                )
             )
-            for i, image_size in enumerate(images.image_sizes)
-        ]
+        return results
 
     def inference_single_image(
         self,
@@ -298,40 +301,89 @@ class FocalRetinaNet(DenseDetector):
         Returns:
             Instances with at most ``max_detections_per_image`` detections.
         """
-        per_level = [
-            self._decode_level(a, l, d, image_size)
-            for a, l, d in zip(anchors, pred_logits, pred_deltas)
-        ]
-        detections = Instances.cat(per_level)
-        keep = batched_nms(
-            detections.pred_boxes.tensor,
-            detections.scores,
-            detections.pred_classes,
-            self.test_nms_thresh,
+        boxes, scores, classes = self.decode_candidates(anchors, pred_logits, pred_deltas)
+        keep = self.class_wise_nms(boxes, scores, classes)
+        keep = keep[: self.max_detections_per_image]
+        return Instances(
+            image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep]
         )
-        return detections[keep[: self.max_detections_per_image]]
 
-    def _decode_level(
-        self, anchors: Boxes, logits: Tensor, deltas: Tensor, image_size: Tuple[int, int]
-    ) -> Instances:
+    def decode_candidates(
+        self, anchors: List[Boxes], pred_logits: List[Tensor], pred_deltas: List[Tensor]
+    ) -> Tuple[Tensor, Tensor, Tensor]:
+        """
+        The detections before NMS: per level, the top ``test_topk_candidates`` (anchor, class)
+        pairs scoring above ``test_score_thresh``, decoded.
+
+        Args:
+            anchors, pred_logits, pred_deltas: per level, Boxes (Ri, 4), (Ri, K), (Ri, 4).
+        Returns:
+            boxes (M, 4) XYXY, scores (M,), classes (M,) int64; levels in order, each sorted
+            by decreasing score.
+        """
         # Comparing logits with logit(threshold) selects the same (anchor, class) pairs as
         # comparing sigmoid scores, without a sigmoid over all Ri * K of them.
-        logits = logits.flatten()
-        candidates = torch.nonzero(logits > _logit(self.test_score_thresh)).squeeze(1)
-        scores = logits[candidates].sigmoid()
-        num_topk = min(candidates.numel(), self.test_topk_candidates)
-        scores, order = scores.topk(num_topk)
-        candidates = candidates[order]
-        anchor_idxs = torch.div(candidates, self.num_classes, rounding_mode="floor")
+        logit_thresh = _logit(self.test_score_thresh)
+        scores_per_level: List[Tensor] = []
+        classes_per_level: List[Tensor] = []
+        deltas_per_level: List[Tensor] = []
+        anchors_per_level: List[Tensor] = []
+        for anchors_i, logits_i, deltas_i in zip(anchors, pred_logits, pred_deltas):
+            logits_i = logits_i.flatten()
+            candidates = torch.nonzero(logits_i > logit_thresh).squeeze(1)
+            num_candidates = candidates.shape[0]
+            if isinstance(num_candidates, Tensor):
+                # Tracing records sizes as tensors: k then follows the input's size instead
+                # of being frozen at the traced image's count.
+                num_topk = torch.clamp(num_candidates, max=self.test_topk_candidates)
+            else:
+                num_topk = min(num_candidates, self.test_topk_candidates)
+            scores_i, order = logits_i[candidates].sigmoid().topk(num_topk)
+            candidates = candidates[order]
+            anchor_idxs = torch.div(candidates, self.num_classes, rounding_mode="floor")
+            scores_per_level.append(scores_i)
+            classes_per_level.append(candidates % self.num_classes)
+            deltas_per_level.append(deltas_i[anchor_idxs])
+            anchors_per_level.append(anchors_i.tensor[anchor_idxs])
+        # One decode for all levels.
         boxes = self.box2box_transform.apply_deltas(
-            deltas[anchor_idxs], anchors.tensor[anchor_idxs]
+            torch.cat(deltas_per_level), torch.cat(anchors_per_level)
         )
-        return Instances(
-            image_size,
-            pred_boxes=Boxes(boxes),
-            scores=scores,
-            pred_classes=candidates % self.num_classes,
-        )
+        return boxes, torch.cat(scores_per_level), torch.cat(classes_per_level)
+
+    def class_wise_nms(self, boxes: Tensor, scores: Tensor, classes: Tensor) -> Tensor:
+        """
+        Indices (int64) of the boxes (M, 4) kept by NMS within each class, by decreasing score.
+        """
+        if torch.jit.is_tracing():
+            return _traceable_batched_nms(boxes, scores, classes, self.test_nms_thresh)
+        return batched_nms(boxes, scores, classes, self.test_nms_thresh)
+
+    @property
+    @torch.jit.unused
+    def __jit_ignored_attributes__(self) -> List[str]:
+        # torch.jit.script compiles every submodule, used or not; the training-only ones
+        # (losses, anchor assignment, anything added later) need not be scriptable. What
+        # inference uses is listed in INFERENCE_MODULES; everything else is left out.
+        return [name for name in self._modules if name not in self.INFERENCE_MODULES]
+
+    # Submodules that inference (and so TorchScript) uses.
+    INFERENCE_MODULES = ("backbone", "head", "anchor_generator")
+
+
+def _traceable_batched_nms(
+    boxes: Tensor, scores: Tensor, classes: Tensor, iou_threshold: float
+) -> Tensor:
+    """
+    Class-wise NMS as one NMS over boxes shifted apart by class, with no data-dependent
+    Python branch, so that a trace also runs on images with no candidate at all (where
+    torchvision's traced ``batched_nms`` fails on ``max()`` of an empty tensor).
+    """
+    coords = torch.cat([boxes.flatten(), boxes.new_zeros(1)])
+    # Each class gets its own interval, wider than all boxes (negative coordinates included).
+    span = coords.max() - coords.min() + 1
+    shifted = boxes + (classes.to(boxes) * span)[:, None]
+    return nms(shifted, scores, iou_threshold)
 
 
 def _logit(p: float) -> float:
