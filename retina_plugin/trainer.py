@@ -9,6 +9,8 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from .optimizer import build_optimizer
+
 __all__ = ["Trainer"]
 
 
@@ -43,6 +45,11 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         with _cpu_ddp(cfg.MODEL.DEVICE):
             super().__init__(cfg)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # SOLVER.OPTIMIZER: SGD (detectron2's) or AdamW, see retina_plugin/optimizer.py.
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -37,8 +37,8 @@ def test_every_config_builds_a_focal_retinanet(name):
     assert (model.test_score_thresh, model.test_topk_candidates) == (0.05, 1000)
     assert (model.test_nms_thresh, model.max_detections_per_image) == (0.5, 100)
     assert model.loss_normalizer == "num_foreground"
-    assert list(model.anchor_matcher.thresholds[1:-1]) == [0.4, 0.5]
-    assert model.anchor_matcher.allow_low_quality_matches
+    assert list(model.anchor_assigner.matcher.thresholds[1:-1]) == [0.4, 0.5]
+    assert model.anchor_assigner.matcher.allow_low_quality_matches
 
 
 def test_r50_is_the_papers_1x_schedule():
