@@ -48,6 +48,28 @@ def add_retina_config(cfg):
     # Each ground-truth box also keeps the anchors of highest IoU with it, even below the
     # foreground threshold (the paper's low-quality matches).
     _C.MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES = True
+    # How anchors get their training labels, by name in
+    # retina_plugin.modeling.assigners.ANCHOR_ASSIGNER_REGISTRY:
+    #   "IoU": the paper (MODEL.RETINANET.IOU_THRESHOLDS / IOU_LABELS and the low-quality
+    #       matches above);
+    #   "ATSS": adaptive training sample selection (Zhang et al. 2020): per level the
+    #       ATSS_TOPK locations closest to the box center are candidates, foreground where
+    #       IoU >= mean + std of the candidates' IoUs and the anchor center is inside the box.
+    _C.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER = "IoU"
+    # ATSS: candidate locations per level and box (x A anchors per location); the paper: 9.
+    _C.MODEL.FOCAL_RETINANET.ATSS_TOPK = 9
+    # Input of the P6/P7 block of the backbone "build_focal_retinanet_resnet_fpn_backbone":
+    # "res5" (the paper: C5, as detectron2's build_retinanet_resnet_fpn_backbone) or "p5"
+    # (the FPN's P5 output, as torchvision's retinanet_resnet50_fpn_v2).
+    _C.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE = "res5"
+
+    # Optimizer of Trainer (train_net.py): "SGD" (detectron2's, the paper: SOLVER.MOMENTUM,
+    # NESTEROV, WEIGHT_DECAY, WEIGHT_DECAY_NORM, WEIGHT_DECAY_BIAS) or "AdamW" (SOLVER.BASE_LR,
+    # WEIGHT_DECAY and ADAMW_BETAS; no weight decay on norm layers and biases).
+    # SOLVER.CLIP_GRADIENTS applies to both.
+    _C.SOLVER.OPTIMIZER = "SGD"
+    # AdamW's (beta1, beta2).
+    _C.SOLVER.ADAMW_BETAS = (0.9, 0.999)
 
     # Inference fast path (eval mode, no autograd: DefaultPredictor, --eval-only, demo.py): a
     # copy of the backbone and head with FrozenBN / eval-mode BN folded into the preceding

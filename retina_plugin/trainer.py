@@ -20,6 +20,7 @@ from .data.mapper import CheckedDatasetMapper
 from .diagnostics import NonFiniteWatch
 from .metrics import drop_records_from
 from .modeling import FocalRetinaNetWithTTA
+from .optimizer import build_optimizer
 
 __all__ = ["Trainer"]
 
@@ -88,6 +89,11 @@ class Trainer(DefaultTrainer):
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        # SOLVER.OPTIMIZER: SGD (detectron2's) or AdamW, see retina_plugin/optimizer.py.
+        return build_optimizer(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -37,8 +37,24 @@ def test_every_config_builds_a_focal_retinanet(name):
     assert (model.test_score_thresh, model.test_topk_candidates) == (0.05, 1000)
     assert (model.test_nms_thresh, model.max_detections_per_image) == (0.5, 100)
     assert model.loss_normalizer == "num_foreground"
-    assert list(model.anchor_matcher.thresholds[1:-1]) == [0.4, 0.5]
-    assert model.anchor_matcher.allow_low_quality_matches
+    if cfg.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER == "IoU":
+        assert list(model.anchor_assigner.matcher.thresholds[1:-1]) == [0.4, 0.5]
+        assert model.anchor_assigner.matcher.allow_low_quality_matches
+
+
+@pytest.mark.parametrize("v2, v1", [("retina_R50_v2.yaml", "retina_R50.yaml"), ("demo_R18_cpu_v2.yaml", "demo_R18_cpu.yaml")])
+def test_v2_configs_change_only_the_accuracy_options(v2, v1):
+    new, old = load_cfg(CONFIGS / v2), load_cfg(CONFIGS / v1)
+    assert type(build_model(new).anchor_assigner).__name__ == "ATSSAssigner"
+    assert new.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE == "p5" and new.SOLVER.OPTIMIZER == "AdamW"
+    assert old.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER == "IoU" and old.SOLVER.OPTIMIZER == "SGD"
+    # Same model size, data and schedule as the paper-setting config.
+    for key in ("MODEL.RESNETS.DEPTH", "MODEL.FPN.OUT_CHANNELS", "SOLVER.MAX_ITER", "SOLVER.STEPS",
+                "SOLVER.IMS_PER_BATCH", "INPUT.MIN_SIZE_TRAIN", "DATASETS.TRAIN"):
+        node_new, node_old = new, old
+        for part in key.split("."):
+            node_new, node_old = node_new[part], node_old[part]
+        assert node_new == node_old, key
 
 
 def test_r50_is_the_papers_1x_schedule():

@@ -1,3 +1,10 @@
+from .assigners import (
+    ANCHOR_ASSIGNER_REGISTRY,
+    ATSSAssigner,
+    IoUAssigner,
+    build_anchor_assigner,
+)
+from .backbone import build_focal_retinanet_resnet_fpn_backbone
 from .head import FOCAL_RETINANET_HEAD_REGISTRY, FocalRetinaNetHead, build_focal_retinanet_head
 from .losses import (
     BOX_LOSS_REGISTRY,

@@ -2,7 +2,7 @@
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
 import math
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -13,14 +13,15 @@ from detectron2.layers import batched_nms, cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.modeling.matcher import Matcher
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-from detectron2.structures import Boxes, ImageList, Instances, pairwise_iou
+from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
 from ..config_checks import check_model_config
 from .fast_inference import FastInferenceModules, fast_inference_forward
+from .assigners import build_anchor_assigner
+from .backbone import check_top_block_in_feature
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
@@ -49,7 +50,7 @@ class FocalRetinaNet(DenseDetector):
         head_in_features: List[str],
         anchor_generator: nn.Module,
         box2box_transform: Box2BoxTransform,
-        anchor_matcher: Matcher,
+        anchor_assigner: nn.Module,
         num_classes: int,
         classification_loss: nn.Module,
         box_loss: nn.Module,
@@ -73,7 +74,8 @@ class FocalRetinaNet(DenseDetector):
             head_in_features: backbone outputs fed to the head, highest resolution first.
             anchor_generator: e.g. ``DefaultAnchorGenerator``; A anchors per location.
             box2box_transform: (dx, dy, dw, dh) coding of boxes relative to anchors.
-            anchor_matcher: labels anchors foreground (1) / background (0) / ignored (-1).
+            anchor_assigner: labels one image's anchors foreground (1) / background (0) /
+                ignored (-1), see :mod:`retina_plugin.modeling.assigners`.
             num_classes: K.
             classification_loss: (logits (M, K), labels (M,)) -> summed loss.
             box_loss: (deltas (M, 4), anchors (M, 4), gt boxes (M, 4)) -> summed loss.
@@ -101,7 +103,7 @@ class FocalRetinaNet(DenseDetector):
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
-        self.anchor_matcher = anchor_matcher
+        self.anchor_assigner = anchor_assigner
         self.classification_loss = classification_loss
         self.box_loss = box_loss
         self.box_loss_weight = box_loss_weight
@@ -118,6 +120,7 @@ class FocalRetinaNet(DenseDetector):
     @classmethod
     def from_config(cls, cfg):
         check_model_config(cfg)  # issue 9: every key in its domain, named if not
+        check_top_block_in_feature(cfg)
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
@@ -128,17 +131,20 @@ class FocalRetinaNet(DenseDetector):
                 f"({cfg.MODEL.BACKBONE.NAME}) does not output; it outputs {sorted(backbone_shapes)}"
             )
         feature_shapes = [backbone_shapes[f] for f in in_features]
+        anchor_generator = build_anchor_generator(cfg, feature_shapes)
+        num_anchors = anchor_generator.num_anchors
+        if len(set(num_anchors)) != 1:
+            raise ValueError(
+                f"MODEL.ANCHOR_GENERATOR gives different numbers of anchors per location on "
+                f"different levels ({num_anchors}); the shared head needs the same on all"
+            )
         return {
             "backbone": backbone,
             "head": build_focal_retinanet_head(cfg, feature_shapes),
             "head_in_features": in_features,
-            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
+            "anchor_generator": anchor_generator,
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
-            "anchor_matcher": Matcher(
-                cfg.MODEL.RETINANET.IOU_THRESHOLDS,
-                cfg.MODEL.RETINANET.IOU_LABELS,
-                allow_low_quality_matches=cfg.MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES,
-            ),
+            "anchor_assigner": build_anchor_assigner(cfg, num_anchors[0]),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "classification_loss": build_classification_loss(cfg),
             "box_loss": build_box_loss(cfg),
@@ -184,22 +190,33 @@ class FocalRetinaNet(DenseDetector):
         pred_logits, pred_deltas = self._transpose_dense_predictions(
             predictions, [self.num_classes, 4]
         )
-        anchors = Boxes.cat(self.anchor_generator(features))
-        gt_labels, matched_gt_boxes = self.label_anchors(anchors, gt_instances)
+        anchors_per_level = self.anchor_generator(features)
+        anchors = Boxes.cat(anchors_per_level)
+        gt_labels, matched_gt_boxes = self.label_anchors(
+            anchors, gt_instances, [len(a) for a in anchors_per_level]
+        )
         return self.losses(anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes)
 
     @torch.no_grad()
-    def label_anchors(self, anchors: Boxes, gt_instances: List[Instances]) -> Tuple[Tensor, Tensor]:
+    def label_anchors(
+        self,
+        anchors: Boxes,
+        gt_instances: List[Instances],
+        num_anchors_per_level: Optional[List[int]] = None,
+    ) -> Tuple[Tensor, Tensor]:
         """
         Args:
             anchors: Boxes (R, 4), the anchors of all levels concatenated.
             gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
+            num_anchors_per_level: R_l per level (sum R); None: all R on one level.
         Returns:
             gt_labels: (N, R) int64; a class in [0, K) for foreground anchors, K for
-                background, -1 for ignored ones (IoU between the two thresholds).
+                background, -1 for ignored ones (e.g. IoU between the two thresholds).
             matched_gt_boxes: (N, R, 4) the box each anchor is matched to (XYXY);
                 meaningful for foreground anchors only.
         """
+        if num_anchors_per_level is None:
+            num_anchors_per_level = [len(anchors)]
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
@@ -209,8 +226,8 @@ class FocalRetinaNet(DenseDetector):
                 )
                 matched_gt_boxes.append(torch.zeros_like(anchors.tensor))
                 continue
-            matched_idxs, match_labels = self.anchor_matcher(
-                pairwise_iou(instances.gt_boxes, anchors)
+            matched_idxs, match_labels = self.anchor_assigner(
+                instances.gt_boxes, anchors, num_anchors_per_level
             )
             labels = instances.gt_classes[matched_idxs]
             labels[match_labels == 0] = self.num_classes

@@ -1,0 +1,31 @@
+"""
+The summary of tools/compare_options.py: mean and sample std per setting and metric.
+"""
+import pytest
+
+from retina_plugin.compare import bar_plot, markdown_table, parse_setting, summarize
+
+
+def run(setting, seed, ap):
+    return {"setting": setting, "seed": seed, "metrics": {"AP": ap, "AP50": ap + 10, "AP75": ap - 5, "APs": ap / 2}}
+
+
+def test_summary_mean_std_table_and_plot(tmp_path):
+    runs = [run("paper", 0, 10.0), run("v2", 0, 20.0), run("paper", 1, 14.0), run("v2", 1, 26.0)]
+    summary = summarize(runs)
+    assert list(summary) == ["paper", "v2"]
+    assert summary["paper"]["AP"]["mean"] == pytest.approx(12.0)
+    assert summary["paper"]["AP"]["std"] == pytest.approx(2 ** 0.5 * 2)  # sample std of 10, 14
+    assert summary["v2"]["APs"]["mean"] == pytest.approx(11.5)
+    table = markdown_table(summary, baseline="paper")
+    assert "| v2 | 23.0 ± 4.2 | 33.0 ± 4.2 | 18.0 ± 4.2 | 11.5 ± 2.1 | 2 | +11.0 |" in table
+    bar_plot(summary, str(tmp_path / "plot.png"))
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_setting_syntax():
+    assert parse_setting("paper") == ("paper", [])
+    assert parse_setting("atss=MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER ATSS") == (
+        "atss", ["MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER", "ATSS"])
+    with pytest.raises(ValueError, match="expected 'name=KEY VALUE"):
+        parse_setting("x=MODEL.FOO")
