@@ -330,9 +330,13 @@ def run_one(
         *opts, "SEED", str(seed), "OUTPUT_DIR", output_dir,
     ]
     log_file = log_file or os.path.join(output_dir, "stdout.log")
+    # The subprocess imports this very package, also where it is not pip-installed.
+    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
     start = time.perf_counter()
     with open(log_file, "w") as log:
-        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
     result_path = os.path.join(output_dir, RESULT_FILE)
     if proc.returncode != 0 or not os.path.isfile(result_path):
         with open(log_file) as f:
@@ -647,12 +651,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.seeds < 1:
             raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
-        grid = parse_grid(args.grid)
-        variants = [parse_variant(tokens) for tokens in args.variant]
+        # nargs="+" also swallows the trailing KEY VALUE overrides: they are the tokens
+        # without "=" at the end of --grid / --variant.
+        grid_items, trailing = _split_trailing_opts(args.grid)
+        opts = trailing
+        variant_tokens = []
+        for tokens in args.variant:
+            head, trailing = _split_trailing_opts(tokens[1:])
+            variant_tokens.append(tokens[:1] + head)
+            opts += trailing
+        opts += list(args.opts)
+        grid = parse_grid(grid_items)
+        variants = [parse_variant(tokens) for tokens in variant_tokens]
         if not grid and not variants:
             raise AblationError("nothing to compare: give --grid KEY=V1,V2 and/or --variant NAME KEY=VALUE")
         settings = build_settings(grid, variants, include_base=not args.no_base)
-        base_opts = prepare(args.config_file, args.opts, settings)
+        base_opts = prepare(args.config_file, opts, settings)
     except AblationError as e:
         print(f"ablate: error: {e}", file=sys.stderr)
         return 2
@@ -683,6 +697,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(results_markdown(rows))
     print(f"Wrote {paths['md']}, {paths['json']}, {paths['png']}")
     return 0
+
+
+def _split_trailing_opts(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """
+    ``["A=1,2", "B=3", "SOLVER.MAX_ITER", "300"]`` -> ``(["A=1,2", "B=3"], ["SOLVER.MAX_ITER", "300"])``.
+    """
+    tokens = list(tokens)
+    for i, token in enumerate(tokens):
+        if "=" not in token:
+            return tokens[:i], tokens[i:]
+    return tokens, []
 
 
 def _quote(arg: str) -> str:

@@ -29,6 +29,8 @@ def add_retina_config(cfg):
     # "SigmoidFocalLoss" (the paper; uses MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA) or
     # "SigmoidBCELoss" (alpha-balanced binary cross entropy, i.e. focal loss with gamma=0).
     _C.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS = "SigmoidFocalLoss"
+    # "OHEMLoss" (the paper's Table 1d baseline: cross entropy over the hardest anchors only,
+    # see retina_plugin/modeling/ohem.py and the OHEM keys below).
     # The box loss is chosen by MODEL.RETINANET.BBOX_REG_LOSS_TYPE, as in detectron2:
     # "smooth_l1" (uses SMOOTH_L1_LOSS_BETA), "l1", "giou", "diou", "ciou", or the name of any
     # class in retina_plugin.modeling.losses.BOX_LOSS_REGISTRY.
@@ -44,6 +46,17 @@ def add_retina_config(cfg):
     # Each ground-truth box also keeps the anchors of highest IoU with it, even below the
     # foreground threshold (the paper's low-quality matches).
     _C.MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES = True
+
+    # Online hard example mining, used when CLASSIFICATION_LOSS is "OHEMLoss".
+    _C.MODEL.FOCAL_RETINANET.OHEM = CN()
+    # Anchors kept per image, the hardest by loss (the paper's Table 1d: 128, 256, 512).
+    _C.MODEL.FOCAL_RETINANET.OHEM.BATCH_SIZE_PER_IMAGE = 128
+    # Negatives per positive among them (3 = the paper's "1:3"); <= 0: no ratio, the hardest
+    # anchors whatever their label.
+    _C.MODEL.FOCAL_RETINANET.OHEM.NEG_POS_RATIO = 3.0
+    # IoU of NMS over the anchors, scored by loss, before picking (the paper: 0.5 or 0.7);
+    # <= 0 or >= 1 disables it.
+    _C.MODEL.FOCAL_RETINANET.OHEM.NMS_THRESH = 0.7
 
     # Datasets registered from the config, so that custom data needs no Python.
     _C.DATASETS.REGISTER = CN()

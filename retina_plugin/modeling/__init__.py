@@ -7,3 +7,4 @@ from .losses import (
     sigmoid_focal_loss,
 )
 from .meta_arch import FocalRetinaNet
+from .ohem import OHEMLoss
