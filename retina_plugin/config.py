@@ -29,7 +29,9 @@ def add_retina_config(cfg):
     # "SigmoidFocalLoss" (the paper; uses MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA) or
     # "SigmoidBCELoss" (alpha-balanced binary cross entropy, i.e. focal loss with gamma=0).
     _C.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS = "SigmoidFocalLoss"
-    # Compute those two losses with one autograd function and a closed-form gradient
+    # or "OHEMLoss" (the paper's Table 1d baseline: cross entropy over the hardest anchors only,
+    # see retina_plugin/modeling/ohem.py and the OHEM keys below).
+    # Compute the focal / BCE losses with one autograd function and a closed-form gradient
     # (retina_plugin/modeling/fused_focal_loss.py): same values and gradients, faster, and no
     # (anchors x classes) intermediates kept for backward. False: the reference autograd path.
     _C.MODEL.FOCAL_RETINANET.FUSED_FOCAL_LOSS = True
@@ -76,6 +78,17 @@ def add_retina_config(cfg):
     # convs, in channels_last memory format, rebuilt whenever a weight changes. Same
     # detections; False runs the reference path (detectron2's modules as they are).
     _C.MODEL.FOCAL_RETINANET.FAST_INFERENCE = True
+
+    # Online hard example mining, used when CLASSIFICATION_LOSS is "OHEMLoss".
+    _C.MODEL.FOCAL_RETINANET.OHEM = CN()
+    # Anchors kept per image, the hardest by loss (the paper's Table 1d: 128, 256, 512).
+    _C.MODEL.FOCAL_RETINANET.OHEM.BATCH_SIZE_PER_IMAGE = 128
+    # Negatives per positive among them (3 = the paper's "1:3"); <= 0: no ratio, the hardest
+    # anchors whatever their label.
+    _C.MODEL.FOCAL_RETINANET.OHEM.NEG_POS_RATIO = 3.0
+    # IoU of NMS over the anchors, scored by loss, before picking (the paper: 0.5 or 0.7);
+    # <= 0 or >= 1 disables it.
+    _C.MODEL.FOCAL_RETINANET.OHEM.NMS_THRESH = 0.7
 
     # Datasets registered from the config, so that custom data needs no Python.
     _C.DATASETS.REGISTER = CN()

@@ -15,3 +15,4 @@ from .losses import (
 )
 from .meta_arch import FocalRetinaNet
 from .test_time_augmentation import FocalRetinaNetWithTTA
+from .ohem import OHEMLoss

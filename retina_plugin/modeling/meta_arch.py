@@ -253,7 +253,14 @@ class FocalRetinaNet(DenseDetector):
         get_event_storage().put_scalar("num_pos_anchors", num_foreground.item() / num_images)
         normalizer = self._normalizer(num_foreground)
 
-        loss_cls = self.classification_loss(cat(pred_logits, dim=1)[valid], gt_labels[valid])
+        # Losses that pick anchors per image (OHEM) also get each anchor's image and box.
+        cls_context = {}
+        if getattr(self.classification_loss, "needs_anchor_context", False):
+            image_idxs, anchor_idxs = valid.nonzero(as_tuple=True)
+            cls_context = {"image_idxs": image_idxs, "anchor_boxes": anchors.tensor[anchor_idxs]}
+        loss_cls = self.classification_loss(
+            cat(pred_logits, dim=1)[valid], gt_labels[valid], **cls_context
+        )
         # Box loss on the foreground anchors only, instead of on all N * R and masking.
         _, foreground_anchor_idxs = foreground.nonzero(as_tuple=True)
         loss_box_reg = self.box_loss(

@@ -1,0 +1,199 @@
+"""
+The ablation harness: grid / variant parsing, errors before anything trains, a sweep that
+resumes, the files it writes, and one real train + COCOEvaluator run in a subprocess.
+"""
+import json
+import math
+
+import cv2
+import pytest
+
+from retina_plugin import ablation
+from retina_plugin.ablation import AblationError, build_settings, parse_grid, parse_variant, prepare
+from retina_plugin.data.shapes import generate_shapes_split
+
+from .conftest import TINY_CONFIG
+
+GAMMA = "MODEL.RETINANET.FOCAL_LOSS_GAMMA"
+ALPHA = "MODEL.RETINANET.FOCAL_LOSS_ALPHA"
+
+
+def test_grid_values_split_at_top_level_commas_only():
+    grid = parse_grid([f"{GAMMA}=0,0.5,2", "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS=[[1.0]],[[0.5, 1.0,2.0]]"])
+    assert grid == [
+        (GAMMA, ["0", "0.5", "2"]),
+        ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", ["[[1.0]]", "[[0.5, 1.0,2.0]]"]),
+    ]
+    settings = build_settings(grid)
+    assert len(settings) == 6
+    assert settings[1].overrides == [(GAMMA, "0"), ("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0,2.0]]")]
+    assert len({s.folder for s in settings}) == 6
+
+
+@pytest.mark.parametrize(
+    "item, message",
+    [
+        (GAMMA, "expected KEY=VALUE"),
+        (f"{GAMMA}=", "expected KEY=VALUE"),
+        (f"{GAMMA}=0,,2", "empty value"),
+        (f"{GAMMA}=0,0", "repeated value"),
+        (f"{GAMMA}=[0,2", "unclosed bracket"),
+        (f"{GAMMA}=0],2", "unbalanced"),
+        ("gamma=0,2", "does not look like a config key"),
+    ],
+)
+def test_bad_grid_syntax(item, message):
+    with pytest.raises(AblationError, match=message):
+        parse_grid([item])
+
+
+def test_variants():
+    name, overrides = parse_variant(["ohem", "MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS=OHEMLoss",
+                                     "MODEL.RETINANET.IOU_THRESHOLDS=[0.4,0.5]"])
+    assert name == "ohem" and overrides[1] == ("MODEL.RETINANET.IOU_THRESHOLDS", "[0.4,0.5]")
+    settings = build_settings([(GAMMA, ["1", "2"])], [(name, overrides)])
+    assert [s.name for s in settings] == [
+        "base FOCAL_LOSS_GAMMA=1", "base FOCAL_LOSS_GAMMA=2", "ohem FOCAL_LOSS_GAMMA=1", "ohem FOCAL_LOSS_GAMMA=2"
+    ]
+    assert [s.name for s in build_settings([], [(name, overrides)], include_base=False)] == ["ohem"]
+    with pytest.raises(AblationError, match="NAME KEY=VALUE"):
+        parse_variant(["ohem"])
+    with pytest.raises(AblationError, match="give it first"):
+        parse_variant([f"{GAMMA}=1", f"{ALPHA}=0.5"])
+    with pytest.raises(AblationError, match="used twice"):
+        build_settings([], [("a", [(GAMMA, "1")]), ("a", [(GAMMA, "2")])])
+    with pytest.raises(AblationError, match="also on the --grid"):
+        build_settings([(GAMMA, ["1"])], [("a", [(GAMMA, "2")])])
+
+
+def test_settings_are_checked_before_training():
+    settings = build_settings(parse_grid([f"{GAMMA}=0,2"]))
+    prepare(str(TINY_CONFIG), [], settings)
+    # An int for a float key is that float (yacs alone would reject GAMMA=0).
+    assert settings[0].overrides == [(GAMMA, "0.0")]
+    cases = [
+        ([f"MODEL.RETINANET.FOCAL_LOSS_GAMA=0,2"], [], "unknown config key 'MODEL.RETINANET.FOCAL_LOSS_GAMA'"),
+        ([f"{GAMMA}=0,abc"], [], "bad value 'abc' for MODEL.RETINANET.FOCAL_LOSS_GAMMA"),
+        (["MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS=SigmoidFocalLoss,Nope"], [],
+         "CLASSIFICATION_LOSS='Nope' is not one of the registered names"),
+        ([f"{GAMMA}=1"], ["SOLVER.NOPE", "1"], "command line: unknown config key 'SOLVER.NOPE'"),
+        ([f"{GAMMA}=1"], ["SOLVER.MAX_ITER"], "KEY VALUE pairs"),
+    ]
+    for grid, opts, message in cases:
+        with pytest.raises(AblationError, match=message):
+            prepare(str(TINY_CONFIG), opts, build_settings(parse_grid(grid)))
+
+
+def test_main_reports_errors_without_training(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: pytest.fail("trained"))
+    code = ablation.main(["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,oops",
+                          "--output", str(tmp_path)])
+    assert code == 2
+    assert "bad value 'oops' for MODEL.RETINANET.FOCAL_LOSS_GAMMA" in capsys.readouterr().err
+    assert ablation.main(["--config-file", str(tmp_path / "none.yaml"), "--grid", f"{GAMMA}=1"]) == 2
+    assert ablation.main(["--config-file", str(TINY_CONFIG)]) == 2
+    assert not list(tmp_path.iterdir())
+
+
+class FakeRuns:
+    """
+    Stands in for the subprocess: writes result.json with AP = 10 * gamma + alpha + seed.
+    """
+
+    def __init__(self, fail_at=None):
+        self.calls, self.fail_at = [], fail_at
+
+    def __call__(self, config_file, opts, output_dir, seed, num_gpus=1):
+        if self.fail_at is not None and len(self.calls) == self.fail_at:
+            raise KeyboardInterrupt  # the sweep is killed
+        self.calls.append((tuple(opts), seed))
+        values = dict(zip(opts[0::2], opts[1::2]))
+        ap = 10 * float(values[GAMMA]) + float(values[ALPHA]) + seed
+        result = {"status": "finished", "seed": seed, "opts": list(opts), "seconds": 1.0,
+                  "metrics": {m: ap + i for i, m in enumerate(ablation.METRICS)}}
+        if float(values[GAMMA]) == 5:
+            result = {**result, "status": "diverged", "diverged_at": 3,
+                      "metrics": {m: float("nan") for m in ablation.METRICS}}
+        (output_dir_path := __import__("pathlib").Path(output_dir)).mkdir(parents=True, exist_ok=True)
+        (output_dir_path / "result.json").write_text(json.dumps(result))
+        return result
+
+
+def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys):
+    argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2,5", f"{ALPHA}=.25,.75",
+            "--seeds", "2", "--output", str(tmp_path), "SOLVER.MAX_ITER", "7"]
+    killed = FakeRuns(fail_at=5)
+    monkeypatch.setattr(ablation, "run_one", killed)
+    with pytest.raises(KeyboardInterrupt):
+        ablation.main(argv)
+    assert len(killed.calls) == 5
+    resumed = FakeRuns()
+    monkeypatch.setattr(ablation, "run_one", resumed)
+    assert ablation.main(argv) == 0
+    # The 5 finished runs are skipped; the 7 others run, each with the base overrides.
+    assert len(resumed.calls) == 12 - 5
+    assert not set(killed.calls) & set(resumed.calls)
+    assert all(opts[:2] == ("SOLVER.MAX_ITER", "7") for opts, _ in resumed.calls)
+    out = capsys.readouterr().out
+    assert out.count("done before, skipped") == 5 and "ETA" in out
+
+    summary = json.loads((tmp_path / "results.json").read_text())
+    rows = {r["name"]: r for r in summary["settings"]}
+    row = rows["FOCAL_LOSS_GAMMA=2 FOCAL_LOSS_ALPHA=.25"]
+    # Seeds 0 and 1: AP 20.25 and 21.25.
+    assert row["mean"]["AP"] == pytest.approx(20.75) and row["std"]["AP"] == pytest.approx(math.sqrt(0.5))
+    assert row["mean"]["AP75"] == pytest.approx(22.75)
+    assert rows["FOCAL_LOSS_GAMMA=5 FOCAL_LOSS_ALPHA=.75"]["num_diverged"] == 2
+    table = (tmp_path / "results.md").read_text()
+    assert "| FOCAL_LOSS_GAMMA | FOCAL_LOSS_ALPHA | AP | AP50 | AP75 | APs | runs | time |" in table
+    assert "| 2 | .75 | **21.2 ± 0.7** | 22.2 ± 0.7 | 23.2 ± 0.7 | 24.2 ± 0.7 | 2 |" in table
+    assert "| 5 | .25 | diverged | diverged | diverged | diverged | 2 (2 diverged) |" in table
+    picture = cv2.imread(str(tmp_path / "results.png"))
+    assert picture is not None and picture.std() > 10
+
+    # Same folder, other base overrides: refuse to mix results.
+    monkeypatch.setattr(ablation, "run_one", FakeRuns())
+    assert ablation.main(argv[:-1] + ["8"]) == 2
+
+
+def test_variant_sweep_draws_bars(tmp_path, monkeypatch):
+    argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path),
+            "--variant", "gamma2", f"{GAMMA}=2", "--variant", "alpha_hi", f"{ALPHA}=0.75", f"{GAMMA}=1"]
+    # Overrides after the last --variant are the base config's (the fake needs both keys).
+    monkeypatch.setattr(ablation, "run_one", FakeRuns())
+    assert ablation.main(argv + [GAMMA, "1", ALPHA, "0.5"]) == 0
+    rows = json.loads((tmp_path / "results.json").read_text())["settings"]
+    assert [(r["name"], r["mean"]["AP"]) for r in rows] == [("base", 10.5), ("gamma2", 20.5), ("alpha_hi", 10.75)]
+    table = (tmp_path / "results.md").read_text()
+    assert "| variant | AP |" in table and "| gamma2 | **20.5** |" in table
+    assert "- `alpha_hi`: `MODEL.RETINANET.FOCAL_LOSS_ALPHA=0.75` `MODEL.RETINANET.FOCAL_LOSS_GAMMA=1.0`" in table
+    assert cv2.imread(str(tmp_path / "results.png")) is not None
+
+
+def test_a_real_run_trains_and_evaluates(tmp_path):
+    train = generate_shapes_split(str(tmp_path / "train"), 4, seed=1, image_size=128)
+    val = generate_shapes_split(str(tmp_path / "val"), 2, seed=2, image_size=128)
+    register = (f"[['abl_train','{train}','{tmp_path / 'train'}'],"
+                f"['abl_val','{val}','{tmp_path / 'val'}']]")
+    output = tmp_path / "sweep"
+    code = ablation.main([
+        "--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=2", "--output", str(output),
+        "DATASETS.REGISTER.COCO", register, "DATASETS.TRAIN", "('abl_train',)", "DATASETS.TEST", "('abl_val',)",
+        # p = 0.5 at the start: detections above the score threshold, so a real AP.
+        "MODEL.RETINANET.PRIOR_PROB", "0.5", "SOLVER.MAX_ITER", "2", "TEST.EVAL_PERIOD", "0",
+        "SOLVER.IMS_PER_BATCH", "2",
+    ])
+    assert code == 0
+    (run_dir,) = (output / "runs").iterdir()
+    run_dir = run_dir / "seed0"
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["status"] == "finished" and result["iterations"] == 2
+    # The numbers are COCOEvaluator's, as detectron2 logged them in the run's metrics.json.
+    logged = [json.loads(line) for line in (run_dir / "metrics.json").read_text().splitlines()]
+    logged_ap = [r["bbox/AP"] for r in logged if "bbox/AP" in r][-1]
+    assert result["metrics"]["AP"] == pytest.approx(logged_ap)
+    assert not math.isnan(logged_ap)
+    assert (run_dir / "inference" / "abl_val" / "coco_instances_results.json").is_file()
+    summary = json.loads((output / "results.json").read_text())
+    assert summary["settings"][0]["mean"]["AP"] == pytest.approx(logged_ap)
+    assert f"{logged_ap:.1f}" in (output / "results.md").read_text()
