@@ -318,3 +318,43 @@ def test_plot_tool_draws_restarted_and_cut_off_metrics(tmp_path):
     assert tool.series(records, "total_loss")[1] == [2.0, 2.0, 1.0, 1.0, 1.0, 1.0]
     assert tool.main([str(path), "--output", str(tmp_path / "m.png")]) == 0
     assert (tmp_path / "m.png").stat().st_size > 0
+
+
+KILLED_SAVER = """
+import sys, torch
+from retina_plugin.checkpoint import AtomicDetectionCheckpointer
+model = torch.nn.Linear(1000, 1000)  # ~4 MB: each save takes a while
+checkpointer = AtomicDetectionCheckpointer(model, sys.argv[1], save_to_disk=True)
+step = 0
+while True:
+    with torch.no_grad():
+        model.bias.fill_(step)
+    checkpointer.save("model_final", step=step)
+    step += 1
+    print(step, flush=True)
+"""
+
+
+def test_real_kill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from .conftest import REPO_ROOT
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SAVER, str(tmp_path)], cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        for _ in range(3):  # a few complete saves, then kill -9 in the middle of the next ones
+            assert proc.stdout.readline(), "the saver died"
+        time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    data = torch.load(tmp_path / "model_final.pth", weights_only=False)
+    assert data["step"] >= 2 and float(data["model"]["bias"][0]) == data["step"]
+    model = torch.nn.Linear(1000, 1000)
+    AtomicDetectionCheckpointer(model, str(tmp_path), save_to_disk=True).resume_or_load("", resume=True)
+    assert not list(tmp_path.glob("*" + INCOMPLETE_SUFFIX))  # the leftover is cleaned up
