@@ -229,13 +229,12 @@ class NonFiniteWatch(HookBase):
         files = [r.get("file_name", "?") for r in batch]
         replay_file = self._save(model, batch, iteration, loss_dict)
         findings = _grad_norm_findings(self.grad_norms) + describe_batch(model, batch)
+        keep = "no checkpoint was saved before this iteration"
         last_checkpoint = os.path.join(self.output_dir, "last_checkpoint")
-        keep = (
-            f"the last good checkpoint is {open(last_checkpoint).read().strip()} in "
-            f"{self.output_dir} (resume with --resume)"
-            if os.path.isfile(last_checkpoint)
-            else "no checkpoint was saved before this iteration"
-        )
+        if os.path.isfile(last_checkpoint):
+            with open(last_checkpoint) as f:
+                keep = (f"the last good checkpoint is {f.read().strip()} in {self.output_dir} "
+                        "(resume with --resume)")
         lines = [
             f"Training stopped at iteration {iteration} (rank {comm.get_rank()}): {what}.",
             f"  learning rate: {self._learning_rates()}",

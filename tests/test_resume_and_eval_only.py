@@ -6,7 +6,6 @@
 import importlib.util
 import json
 
-import numpy as np
 import pytest
 from PIL import Image
 
