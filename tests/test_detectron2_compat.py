@@ -63,10 +63,15 @@ def test_detectron2_checkpoint_loads_without_missing_or_unexpected_keys(setup, t
 
 
 @pytest.mark.parametrize("setup", list(SETUPS))
-def test_same_detections_as_detectron2(setup):
+@pytest.mark.parametrize("fast_inference", [False, True])
+def test_same_detections_as_detectron2(setup, fast_inference):
     theirs, ours = model_pair(SETUPS[setup])
     ours.load_state_dict(theirs.state_dict())
     theirs.eval(), ours.eval()
+    # The reference path is detectron2's computation, to float rounding; the fast path
+    # (folded norms, channels_last) rounds differently: the issue's 1e-3 relative.
+    ours.fast_inference = fast_inference
+    tolerance = {"rtol": 1e-3, "atol": 1e-3} if fast_inference else {}
     inputs = [
         {"image": x["image"], "height": h, "width": w}
         for x, (h, w) in zip(batch(num_images=2, size=128), [(128, 128), (200, 160)])
@@ -76,8 +81,8 @@ def test_same_detections_as_detectron2(setup):
     for e, a in zip(expected, actual):
         e, a = e["instances"], a["instances"]
         assert len(e) > 10 and len(a) == len(e)
-        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor)
-        torch.testing.assert_close(a.scores, e.scores)
+        torch.testing.assert_close(a.pred_boxes.tensor, e.pred_boxes.tensor, **tolerance)
+        torch.testing.assert_close(a.scores, e.scores, **tolerance)
         assert torch.equal(a.pred_classes, e.pred_classes)
         assert a.image_size == e.image_size
 

@@ -1,117 +1,361 @@
 #!/usr/bin/env python
 """
-Time FocalRetinaNet against detectron2's built-in RetinaNet, built from the same config with
-the same weights, and print a table (median milliseconds over --repeats runs).
+Speed of FocalRetinaNet (fast path and reference path) against detectron2's RetinaNet and
+torchvision's ``retinanet_resnet50_fpn`` (random weights), same config, same weights for the
+detectron2-based models, batch 1 inference and batch 2 training steps, and of the focal loss
+(ours / torchvision's / fvcore's). Prints markdown tables; ``--json FILE`` writes the figures.
 
-Rows: the whole inference forward; the detector-specific parts alone, which is where the two
-implementations differ: decoding + NMS given the head's outputs, and anchor labelling + losses
-given the head's outputs.
+    python tools/benchmark.py --config-file configs/retina_R50.yaml --size 800 1216 --json out.json
 
-    python tools/benchmark.py --config-file configs/retina_R50.yaml --size 512 --repeats 5
+Models are interleaved within each repeat, so that load from other jobs hits all of them alike.
+Peak memory is the peak resident set size of a fresh subprocess during one call minus its
+resident set size before the call, after the model and inputs are built (Linux: VmHWM of
+/proc/self/status, reset through /proc/self/clear_refs): what the call adds to the process.
 """
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 
 from detectron2.config import get_cfg
+from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 import retina_plugin  # noqa: F401
 from retina_plugin import add_retina_config
+from retina_plugin.modeling.fused_focal_loss import fused_sigmoid_focal_loss_from_labels
+
+MODELS = ["FocalRetinaNet (fast path)", "FocalRetinaNet (reference path)", "detectron2 RetinaNet", "torchvision retinanet_resnet50_fpn"]
+SHORT = {MODELS[0]: "FocalRetinaNet", MODELS[1]: "FocalRetinaNet_reference", MODELS[2]: "RetinaNet", MODELS[3]: "torchvision"}
+LOSSES = ["ours", "torchvision", "fvcore"]
 
 
-def median_ms(fn, repeats):
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
-
-
-def make_inputs(num_images, size, num_classes, num_boxes, device):
-    g = torch.Generator().manual_seed(0)
-    inputs = []
-    for _ in range(num_images):
-        xy = torch.rand(num_boxes, 2, generator=g) * size * 0.8
-        wh = 16 + torch.rand(num_boxes, 2, generator=g) * size * 0.3
-        instances = Instances((size, size))
-        instances.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], 1))
-        instances.gt_classes = torch.randint(0, num_classes, (num_boxes,), generator=g)
-        inputs.append({"image": torch.rand(3, size, size, generator=g) * 255, "instances": instances.to(device)})
-    return inputs
-
-
-def main():
-    parser = argparse.ArgumentParser(description="FocalRetinaNet vs detectron2 RetinaNet timings")
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default="configs/retina_R50.yaml")
-    parser.add_argument("--size", type=int, default=512, help="square input side in pixels")
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--boxes", type=int, default=20, help="ground-truth boxes per image")
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    parser.add_argument("--repeats", type=int, default=5, help="timed inference runs per model")
+    parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps per model")
+    parser.add_argument("--loss-anchors", type=int, default=120000)
+    parser.add_argument("--no-model-memory", action="store_true", help="skip the models' peak-memory subprocesses (8 of them)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: (kind, name)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
-    args = parser.parse_args()
+    return parser.parse_args(argv)
 
+
+def load_cfg(args):
     cfg = get_cfg()
     add_retina_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = args.device
-    models = {}
-    for arch in ("RetinaNet", "FocalRetinaNet"):
-        cfg.MODEL.META_ARCHITECTURE = arch
-        models[arch] = build_model(cfg)
-    # At initialization every score is ~0.01, below the threshold: spread the logits so that
-    # top-k and NMS get candidates to work on, as with a trained model.
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.WEIGHTS = ""
+    return cfg
+
+
+def build_models(cfg, size, names=MODELS):
+    """The models ``names`` of MODELS; the detectron2-based ones share weights."""
+    cfg = cfg.clone()
+    cfg.MODEL.META_ARCHITECTURE = "RetinaNet"
+    torch.manual_seed(0)
+    reference = build_model(cfg)
+    g = torch.Generator().manual_seed(0)
     with torch.no_grad():
-        models["RetinaNet"].head.cls_score.weight.normal_(0, 0.2)
-        models["RetinaNet"].head.cls_score.bias.fill_(-2.0)
-    models["FocalRetinaNet"].load_state_dict(models["RetinaNet"].state_dict())
-    # detectron2 normalizes by an EMA; compare like with like.
-    models["FocalRetinaNet"].loss_normalizer = "ema"
+        # Trained-like norms (folding has something to fold) and spread class logits (decoding
+        # and NMS have candidates, as with a trained model).
+        for m in reference.modules():
+            if isinstance(m, FrozenBatchNorm2d):
+                m.weight.copy_(0.5 + torch.rand(m.num_features, generator=g))
+                m.bias.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_mean.copy_(0.1 * torch.randn(m.num_features, generator=g))
+                m.running_var.copy_(0.5 + torch.rand(m.num_features, generator=g))
+        reference.head.cls_score.weight.normal_(0, 0.2, generator=g)
+        reference.head.cls_score.bias.fill_(-2.0)
+    models = {MODELS[2]: reference}
+    cfg.MODEL.META_ARCHITECTURE = "FocalRetinaNet"
+    for name, fast in ((MODELS[0], True), (MODELS[1], False)):
+        if name not in names:
+            continue
+        cfg.MODEL.FOCAL_RETINANET.FAST_INFERENCE = fast
+        cfg.MODEL.FOCAL_RETINANET.FUSED_FOCAL_LOSS = fast
+        model = build_model(cfg)
+        model.load_state_dict(reference.state_dict())
+        models[name] = model
+    if MODELS[3] not in names:
+        return {n: models[n] for n in names}
+    from torchvision.models.detection import retinanet_resnet50_fpn
 
-    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
-    inputs = make_inputs(args.batch, args.size, num_classes, args.boxes, args.device)
-    rows = []
-    with torch.no_grad(), EventStorage():
-        for arch, model in models.items():
-            model.eval()
-            images = model.preprocess_image(inputs)
-            features = model.backbone(images.tensor)
-            features = [features[f] for f in model.head_in_features]
-            predictions = model.head(features)
-            gt = [x["instances"] for x in inputs]
-
-            def decode():
-                # detectron2's RetinaNet applies sigmoid_ in place: give each run a fresh copy.
-                copies = [[p.clone() for p in level] for level in predictions]
-                model.forward_inference(images, features, copies)
-
-            rows.append(
-                (
-                    arch,
-                    median_ms(lambda: model(inputs), args.repeats),
-                    median_ms(decode, args.repeats),
-                    median_ms(lambda: model.forward_training(images, features, predictions, gt), args.repeats),
-                )
-            )
-
-    print(
-        f"\n{args.config_file}, {args.batch} x {args.size}x{args.size} images, {args.boxes} boxes each, "
-        f"{num_classes} classes, device {args.device}, median of {args.repeats} (ms)\n"
+    models[MODELS[3]] = retinanet_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES,
+        min_size=min(size), max_size=max(size),
     )
-    print(f"| {'model':<15} | {'inference':>10} | {'decode+NMS':>10} | {'labels+losses':>13} |")
-    print(f"|{'-' * 17}|{'-' * 12}|{'-' * 12}|{'-' * 15}|")
-    for arch, total, decode, losses in rows:
-        print(f"| {arch:<15} | {total:>10.1f} | {decode:>10.1f} | {losses:>13.1f} |")
+    return {n: models[n] for n in names}
+
+
+def make_inputs(size, num_images, num_classes, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    inputs = []
+    for _ in range(num_images):
+        xy = torch.rand(20, 2, generator=g) * torch.tensor([w, h]) * 0.8
+        wh = 16 + torch.rand(20, 2, generator=g) * min(h, w) * 0.3
+        boxes = torch.cat([xy, torch.min(xy + wh, torch.tensor([w - 1.0, h - 1.0]))], 1)
+        classes = torch.randint(0, num_classes, (20,), generator=g)
+        inputs.append({
+            "image": torch.rand(3, h, w, generator=g) * 255,
+            "instances": Instances((h, w), gt_boxes=Boxes(boxes), gt_classes=classes),
+        })
+    return inputs
+
+
+def runner(name, model, inputs, kind):
+    """A no-argument callable: one inference (batch 1) or one training step (batch 2)."""
+    torchvision = name == MODELS[3]
+    if kind == "inference":
+        model.eval()
+        images = [x["image"][[2, 1, 0]] / 255.0 for x in inputs[:1]] if torchvision else inputs[:1]
+
+        def run():
+            with torch.no_grad():
+                return model(images)
+
+        return run
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
+    if torchvision:
+        images = [x["image"][[2, 1, 0]] / 255.0 for x in inputs]
+        targets = [{"boxes": x["instances"].gt_boxes.tensor, "labels": x["instances"].gt_classes} for x in inputs]
+    storage = EventStorage()
+
+    def step():
+        with storage:
+            losses = model(images, targets) if torchvision else model(inputs)
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+
+    return step
+
+
+def loss_runners(num_anchors, num_classes=80, seed=0):
+    from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
+    from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
+
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(num_anchors, num_classes, generator=g) * 2 - 4
+    labels = torch.randint(0, num_classes + 1, (num_anchors,), generator=g)
+    labels[torch.rand(num_anchors, generator=g) < 0.99] = num_classes  # ~1% foreground
+
+    def make(fn):
+        def run():
+            x = logits.detach().requires_grad_()
+            fn(x).backward()
+
+        return run
+
+    def one_hot(x):
+        # What a dense-target loss needs from the labels: part of its cost and memory.
+        return torch.nn.functional.one_hot(labels, num_classes + 1)[:, :num_classes].to(x.dtype)
+
+    return {
+        "ours": make(lambda x: fused_sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, "sum")),
+        "torchvision": make(lambda x: torchvision_focal_loss(x, one_hot(x), 0.25, 2.0, "sum")),
+        "fvcore": make(lambda x: fvcore_focal_loss(x, one_hot(x), 0.25, 2.0, "sum")),
+    }
+
+
+def time_interleaved(runners, repeats):
+    """{name: [ms, ...]}: one warm-up each, then ``repeats`` rounds over all runners."""
+    for run in runners.values():
+        run()
+    times = {name: [] for name in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) * 1000)
+    return times
+
+
+def p90(values):
+    values = sorted(values)
+    return values[min(len(values) - 1, round(0.9 * (len(values) - 1)))]
+
+
+def log(message):
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _status_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def reset_peak_rss():
+    """Reset the kernel's peak-RSS mark (VmHWM) to the current RSS; returns that RSS in MB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def measure_in_this_process(args, kind, name):
+    """Peak RSS growth (MB) of one call, printed for the parent process."""
+    if kind == "loss":
+        run = loss_runners(args.loss_anchors)[name]
+    else:
+        cfg = load_cfg(args)
+        model = build_models(cfg, args.size, [name])[name]
+        run = runner(name, model, make_inputs(args.size, 2, cfg.MODEL.RETINANET.NUM_CLASSES), kind)
+    before = reset_peak_rss()
+    run()
+    print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
+
+
+def peak_mb(argv, kind, name):
+    cmd = [sys.executable, __file__, "--measure", kind, name] + argv
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"memory measurement of {name} failed:\n{out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
+
+
+def conv_gflops_per_s(repeats=5):
+    """Best 3x3 conv throughput (256 -> 256 channels, 100x152) of NCHW and channels_last."""
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
+    x = torch.randn(1, 256, 100, 152)
+    flops = 2 * 256 * 256 * 9 * 100 * 152
+    best = 0.0
+    with torch.no_grad():
+        for fmt in (torch.contiguous_format, torch.channels_last):
+            c, xx = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
+            ms = statistics.median(time_interleaved({"conv": lambda: c(xx)}, repeats)["conv"])
+            best = max(best, flops / ms / 1e6)
+    return best
+
+
+def model_gflops(model, size):
+    """FLOPs (2 per multiply-add, fvcore's count x 2) of backbone + head for one image."""
+    from fvcore.nn import FlopCountAnalysis
+
+    class BackboneAndHead(torch.nn.Module):
+        def __init__(self, detector):
+            super().__init__()
+            self.detector = detector
+
+        def forward(self, x):
+            features = self.detector.backbone(x)
+            return self.detector.head([features[f] for f in self.detector.head_in_features])
+
+    analysis = FlopCountAnalysis(BackboneAndHead(model).eval(), torch.randn(1, 3, *size))
+    analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+    return 2 * analysis.total() / 1e9
+
+
+def same_detections(a, b):
+    if len(a) != len(b) or not torch.equal(a.pred_classes, b.pred_classes):
+        return False
+    return torch.allclose(a.scores, b.scores, rtol=1e-3, atol=1e-6) and torch.allclose(
+        a.pred_boxes.tensor, b.pred_boxes.tensor, rtol=1e-3, atol=1e-3
+    )
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    torch.set_grad_enabled(True)
+    if args.measure:
+        return measure_in_this_process(args, *args.measure)
+    memory_argv = list(argv)
+    if "--json" in memory_argv:
+        i = memory_argv.index("--json")
+        del memory_argv[i:i + 2]
+
+    cfg = load_cfg(args)
+    size = tuple(args.size)
+    models = build_models(cfg, size)
+    inputs = make_inputs(size, 2, cfg.MODEL.RETINANET.NUM_CLASSES)
+
+    # Detections of the three detectron2-based models (same weights).
+    detections = {}
+    for name in MODELS[:3]:
+        detections[name] = runner(name, models[name], inputs, "inference")()[0]["instances"]
+    equal_reference = same_detections(detections[MODELS[0]], detections[MODELS[1]])
+    equal_detectron2 = same_detections(detections[MODELS[0]], detections[MODELS[2]])
+
+    log("timing inference")
+    inference = time_interleaved({n: runner(n, m, inputs, "inference") for n, m in models.items()}, args.repeats)
+    log("timing training steps")
+    train = time_interleaved({n: runner(n, m, inputs, "train") for n, m in models.items()}, args.train_repeats)
+    log("timing focal losses")
+    losses = time_interleaved(loss_runners(args.loss_anchors), args.repeats)
+    memory = {}
+    log("peak memory, one subprocess per figure")
+    if not args.no_model_memory:
+        for name in MODELS:
+            memory[name] = {kind: peak_mb(memory_argv, kind, name) for kind in ("inference", "train")}
+    for name in LOSSES:
+        memory[name] = peak_mb(memory_argv, "loss", name)
+
+    log("conv throughput and model FLOPs")
+    conv_rate = conv_gflops_per_s()
+    gflops = model_gflops(models[MODELS[1]], size)
+    floor_ms = gflops / conv_rate * 1000
+    median = {n: statistics.median(t) for n, t in inference.items()}
+    detectron2_ms = median[MODELS[2]]
+
+    print(f"\n{args.config_file}, {size[0]}x{size[1]}, CPU threads {torch.get_num_threads()}, "
+          f"inference batch 1 ({args.repeats} runs), training step batch 2 ({args.train_repeats} runs), "
+          f"models interleaved\n")
+    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | train step ms | vs detectron2 | peak MB inference / train |")
+    print("|---|---|---|---|---|---|---|---|")
+    train_median = {n: statistics.median(t) for n, t in train.items()}
+    for name in MODELS:
+        mem = memory.get(name)
+        mem_text = f"{mem['inference']:.0f} / {mem['train']:.0f}" if mem else "-"
+        print(f"| {name} | {median[name]:.0f} | {p90(inference[name]):.0f} | "
+              f"{median[name] / detectron2_ms:.2f}x | {100 * median[name] / floor_ms:.0f} % | "
+              f"{train_median[name]:.0f} | {train_median[name] / train_median[MODELS[2]]:.2f}x | {mem_text} |")
+    print(f"\nfloor: {gflops:.0f} GFLOP (backbone + head, fvcore x 2) at {conv_rate:.0f} GFLOP/s "
+          f"(this machine's best 3x3 conv) = {floor_ms:.0f} ms")
+    print(f"detections equal: fast vs reference path {equal_reference}, fast path vs detectron2 {equal_detectron2} "
+          f"({len(detections[MODELS[0]])} detections)")
+
+    loss_median = {n: statistics.median(t) for n, t in losses.items()}
+    print(f"\nfocal loss forward + backward, {args.loss_anchors} anchors x 80 classes ({args.repeats} runs)\n")
+    print("| loss | median ms | vs torchvision | peak MB | vs torchvision |")
+    print("|---|---|---|---|---|")
+    for name in LOSSES:
+        mem = memory.get(name)
+        mem_text = f"{mem:.0f} | {mem / memory['torchvision']:.2f}x" if mem is not None else "- | -"
+        print(f"| {name} | {loss_median[name]:.0f} | {loss_median[name] / loss_median['torchvision']:.2f}x | {mem_text} |")
+
+    if args.json:
+        figures = {
+            "size": list(size),
+            "config": args.config_file,
+            "inference_ms": {SHORT[n]: median[n] for n in MODELS},
+            "inference_p90_ms": {SHORT[n]: p90(inference[n]) for n in MODELS},
+            "train_step_ms": {SHORT[n]: train_median[n] for n in MODELS},
+            "peak_mb": {SHORT[n]: memory[n] for n in MODELS if n in memory},
+            "focal_loss": {n: {"ms": loss_median[n], "peak_mb": memory.get(n)} for n in LOSSES},
+            "detections_equal": equal_reference,
+            "detections_equal_detectron2": equal_detectron2,
+            "conv3x3_gflops_per_s": conv_rate,
+            "model_gflop": gflops,
+            "floor_ms": floor_ms,
+        }
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":
