@@ -34,6 +34,9 @@ __all__ = [
     "run_eager",
     "run_exported",
     "compare_detections",
+    "resized_copies",
+    "verify_exported",
+    "median_latency_ms",
 ]
 
 ONNX_OPSET = 17
@@ -257,3 +260,19 @@ def verify_exported(
         actual = run_exported(exported, image)
         report.append((tuple(image.shape[1:]), len(expected["scores"]), compare_detections(expected, actual, atol)))
     return report
+
+
+def median_latency_ms(fn, image: Tensor, repeats: int) -> float:
+    """
+    Median wall time of ``fn(image)`` over ``repeats`` runs after one warm-up, in ms.
+    """
+    import statistics
+    import time
+
+    fn(image)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(image)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)

@@ -28,7 +28,10 @@ from retina_plugin.export import (
     METHODS,
     export_model,
     load_exported,
+    median_latency_ms,
     resized_copies,
+    run_eager,
+    run_exported,
     verify_exported,
 )
 from retina_plugin.lazy import build_any_model, load_any_config, model_weights, test_resize
@@ -43,6 +46,8 @@ def get_parser():
     parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported file")
     parser.add_argument("--sample-image", metavar="IMG",
                         help="image used to trace and to check (default: first of DATASETS.TEST)")
+    parser.add_argument("--benchmark", type=int, default=0, metavar="N",
+                        help="also print the median latency of eager vs exported over N runs")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser
 
@@ -84,6 +89,13 @@ def main(argv=None) -> str:
     if any(problems for _, _, problems in report):
         sys.exit(f"export_model.py: {path} does NOT match eager mode (see above)")
     print(f"Wrote {path}; it gives eager mode's detections on all {len(report)} images above.")
+    if args.benchmark:
+        height, width = image.shape[1:]
+        eager_ms = median_latency_ms(lambda x: run_eager(model, x), image, args.benchmark)
+        exported_ms = median_latency_ms(lambda x: run_exported(exported, x), image, args.benchmark)
+        kind = f"{args.format} ({args.export_method})"
+        print(f"Median latency over {args.benchmark} runs at {height} x {width}, "
+              f"{torch.get_num_threads()} threads: eager {eager_ms:.1f} ms, {kind} {exported_ms:.1f} ms")
     return path
 
 

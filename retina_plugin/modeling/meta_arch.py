@@ -3,6 +3,8 @@ FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 me
 """
 import math
 from typing import Dict, List, Optional, Tuple
+import warnings
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -26,6 +28,12 @@ from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
 __all__ = ["FocalRetinaNet"]
+
+# detectron2's DefaultAnchorGenerator calls torch.meshgrid without `indexing` (its "ij"
+# default is what it means); the deprecation notice would otherwise show in every run.
+warnings.filterwarnings(
+    "ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning
+)
 
 LOSS_NORMALIZERS = ("num_foreground", "ema")
 
