@@ -376,7 +376,9 @@ def _train_and_evaluate(args) -> None:
         trainer.train()
         # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results.
         evaluation = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
-        bbox = evaluation.get(cfg.DATASETS.TEST[0], {}).get("bbox", {}) if evaluation else {}
+        evaluation = evaluation or {}
+        # DefaultTrainer.test drops the dataset level when there is one test dataset.
+        bbox = evaluation.get("bbox") or evaluation.get(cfg.DATASETS.TEST[0], {}).get("bbox", {})
         result["metrics"] = {m: float(bbox.get(m, float("nan"))) for m in METRICS}
         result["iterations"] = cfg.SOLVER.MAX_ITER
     except FloatingPointError as e:
