@@ -376,7 +376,9 @@ def _train_and_evaluate(args) -> None:
         trainer.train()
         # DefaultTrainer's EvalHook evaluates after the last iteration and keeps the results.
         evaluation = getattr(trainer, "_last_eval_results", None) or Trainer.test(cfg, trainer.model)
-        bbox = evaluation.get(cfg.DATASETS.TEST[0], {}).get("bbox", {}) if evaluation else {}
+        evaluation = evaluation or {}
+        # DefaultTrainer.test drops the dataset level when there is one test dataset.
+        bbox = evaluation.get("bbox") or evaluation.get(cfg.DATASETS.TEST[0], {}).get("bbox", {})
         result["metrics"] = {m: float(bbox.get(m, float("nan"))) for m in METRICS}
         result["iterations"] = cfg.SOLVER.MAX_ITER
     except FloatingPointError as e:
@@ -414,10 +416,12 @@ def run_sweep(
     opts: Sequence[str] = (),
     num_gpus: int = 1,
     stream=None,
+    train: bool = True,
 ) -> Dict[str, List[Dict]]:
     """
     Every (setting, seed) in order, skipping runs that already have a result.json; a progress
-    line with an ETA after each. Returns {setting name: [result per seed]}.
+    line with an ETA after each. With ``train=False`` only the finished runs are collected.
+    Returns {setting name: [result per seed]}.
     """
     stream = stream or sys.stdout
     jobs = [(s, seed) for s in settings for seed in seeds]
@@ -438,6 +442,9 @@ def run_sweep(
                 )
             results[setting.name].append(result)
             print(f"[{done}/{len(jobs)}] {setting.name} seed {seed}: done before, skipped", file=stream, flush=True)
+            continue
+        if not train:
+            print(f"[{done}/{len(jobs)}] {setting.name} seed {seed}: not run yet", file=stream, flush=True)
             continue
         result = run_one(config_file, run_opts, run_dir, seed, num_gpus=num_gpus)
         results[setting.name].append(result)
@@ -582,7 +589,9 @@ def plot_results(rows: List[Dict], path: str, title: str = "") -> None:
         errs = [0.0 if math.isnan(r["std"]["AP"]) else r["std"]["AP"] for r in rows]
         bars = ax.bar(range(len(rows)), means, yerr=errs, capsize=3, color="tab:blue")
         for bar, r in zip(bars, rows):
-            text = "diverged" if math.isnan(r["mean"]["AP"]) else f"{r['mean']['AP']:.1f}"
+            text = f"{r['mean']['AP']:.1f}" if not math.isnan(r["mean"]["AP"]) else (
+                "diverged" if r["num_diverged"] else "not run"
+            )
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
@@ -636,6 +645,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per run (detectron2's launch; on CPU: gloo processes)")
     parser.add_argument("--dry-run", action="store_true", help="check and list the settings, train nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="write results.md/json/png from the runs finished so far, train nothing")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
                         help="overrides of the base config, as for train_net.py")
@@ -679,7 +690,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.makedirs(args.output, exist_ok=True)
     start = time.perf_counter()
     try:
-        results = run_sweep(args.config_file, settings, args.output, seeds, base_opts, args.num_gpus)
+        results = run_sweep(
+            args.config_file, settings, args.output, seeds, base_opts, args.num_gpus, train=not args.report
+        )
     except AblationError as e:
         print(f"ablate: error: {e}", file=sys.stderr)
         return 2

@@ -127,6 +127,12 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     with pytest.raises(KeyboardInterrupt):
         ablation.main(argv)
     assert len(killed.calls) == 5
+    # --report: tables from the finished runs, nothing trained.
+    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: pytest.fail("trained"))
+    assert ablation.main(argv[:-2] + ["--report"] + argv[-2:]) == 0
+    partial = (tmp_path / "results.md").read_text()
+    assert "| 0 | .25 | 0.8 ± 0.7 |" in partial and "| 5 | .75 | – | – | – | – | 0 |" in partial
+    assert "not run yet" in capsys.readouterr().out
     resumed = FakeRuns()
     monkeypatch.setattr(ablation, "run_one", resumed)
     assert ablation.main(argv) == 0
