@@ -52,7 +52,12 @@ def run_one(config_file: str, opts: Sequence[str], seed: int, output_dir: str) -
     check_num_classes(cfg)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    results = trainer.train()
+    trainer.train()
+    # DefaultTrainer.train() returns the results only with TEST.EXPECTED_RESULTS set; its
+    # evaluation hook keeps the last ones here.
+    results = getattr(trainer, "_last_eval_results", None)
+    if not results:
+        raise RuntimeError(f"{output_dir}: the run ended without evaluation results")
     return dict(results[cfg.DATASETS.TEST[0]]["bbox"])
 
 
