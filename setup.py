@@ -13,7 +13,6 @@ setup(
     extras_require={
         "wheel": ["sal-detectron2==0.7.2", "setuptools<81"],
         "test": ["pytest", "hypothesis"],
-        "test": ["pytest"],
         # ONNX export and onnxruntime (tools/export_model.py --format onnx). ml-dtypes 0.6
         # (an onnx dependency) needs numpy 2, which the detectron2 wheel does not allow.
         "export": ["onnx", "onnxruntime", "ml-dtypes<0.6"],

@@ -2,9 +2,8 @@
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
 import math
-from typing import Dict, List, Optional, Tuple
 import warnings
-from typing import List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
