@@ -44,6 +44,7 @@ def _only(version_index, **mapper_args):
     return lambda d: [mapper(d)[version_index]]
 
 
+@torch.no_grad()  # as in evaluation: model and TTA both take the inference fast path
 def test_one_unchanged_version_is_the_model_itself(model):
     tta = FocalRetinaNetWithTTA(None, model, tta_mapper=DatasetMapperTTA([SIZE], 1000, False))
     inputs = [_input()]
@@ -68,6 +69,7 @@ def test_flipped_version_maps_back_to_the_image(model):
     assert torch.equal(classes, expected_classes)
 
 
+@torch.no_grad()
 def test_rescaled_version_maps_back_to_the_image(model):
     inputs = _input()
     tta = FocalRetinaNetWithTTA(None, model, tta_mapper=_only(0, min_sizes=[2 * SIZE], max_size=1000, flip=False))

@@ -21,7 +21,12 @@ from detectron2.layers import FrozenBatchNorm2d
 from detectron2.layers import Conv2d as NormConv2d
 from detectron2.modeling.postprocessing import detector_postprocess
 
-__all__ = ["FastInferenceModules", "fold_norm_into_conv", "fast_inference_forward"]
+__all__ = [
+    "FastInferenceModules",
+    "fold_norm_into_conv",
+    "fast_inference_forward",
+    "inference_features",
+]
 
 
 def _foldable_norm(module: nn.Module) -> bool:
@@ -102,16 +107,30 @@ class FastInferenceModules:
         self._modules = None
 
 
+def inference_features(model: nn.Module, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+    """
+    The head's inputs and outputs for a preprocessed batch ``images`` (N, 3, H, W): through
+    the fast copies of ``model``'s backbone and head where the fast path applies (see
+    ``FocalRetinaNet._use_fast_inference``), through the modules themselves otherwise.
+    Returns (features: per level (N, C, Hi, Wi), predictions: [logits, deltas] per level).
+    """
+    if model._use_fast_inference():
+        backbone, head = model._fast_modules.get(model.backbone, model.head)
+        images = model._fast_modules.prepare_input(images)
+    else:
+        backbone, head = model.backbone, model.head
+    features = backbone(images)
+    features = [features[f] for f in model.head_in_features]
+    return features, head(features)
+
+
 def fast_inference_forward(model: nn.Module, fast_modules: FastInferenceModules, batched_inputs):
     """
     The inference branch of ``DenseDetector.forward`` with the fast copies of ``model``'s
     backbone and head; decoding and post-processing are the model's own.
     """
-    backbone, head = fast_modules.get(model.backbone, model.head)
     images = model.preprocess_image(batched_inputs)
-    features = backbone(fast_modules.prepare_input(images.tensor))
-    features = [features[f] for f in model.head_in_features]
-    predictions = head(features)
+    features, predictions = inference_features(model, images.tensor)
     results = model.forward_inference(images, features, predictions)
     processed_results = []
     for results_per_image, input_per_image, image_size in zip(

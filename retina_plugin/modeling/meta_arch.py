@@ -168,17 +168,14 @@ class FocalRetinaNet(DenseDetector):
             "fast_inference": cfg.MODEL.FOCAL_RETINANET.FAST_INFERENCE,
         }
 
-    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        """DenseDetector's forward, or the inference fast path where it applies."""
-        if not torch.jit.is_scripting():
-            if self._use_fast_inference():
-                return self._fast_forward(batched_inputs)
-        return self._dense_detector_forward(batched_inputs)
+    def __call__(self, *args, **kwargs):
+        # The inference fast path is taken here rather than in forward(), which stays
+        # DenseDetector's: that is what TorchScript compiles when the model is scripted for
+        # export, and a second method built from the same function would clash there.
+        if self._use_fast_inference():
+            return fast_inference_forward(self, self._fast_modules, *args, **kwargs)
+        return super().__call__(*args, **kwargs)
 
-    # DenseDetector.forward as a method of this class, so TorchScript can compile it.
-    _dense_detector_forward = DenseDetector.forward
-
-    @torch.jit.unused
     def _use_fast_inference(self) -> bool:
         # Not while tracing (export) or when someone asks for gradients in eval mode.
         return (
@@ -187,10 +184,6 @@ class FocalRetinaNet(DenseDetector):
             and not torch.is_grad_enabled()
             and not torch.jit.is_tracing()
         )
-
-    @torch.jit.unused
-    def _fast_forward(self, batched_inputs: List[Dict[str, Tensor]]):
-        return fast_inference_forward(self, self._fast_modules, batched_inputs)
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):

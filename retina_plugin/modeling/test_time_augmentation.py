@@ -13,6 +13,7 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 
+from .fast_inference import inference_features
 from .meta_arch import FocalRetinaNet
 
 __all__ = ["FocalRetinaNetWithTTA"]
@@ -75,9 +76,9 @@ class FocalRetinaNetWithTTA(nn.Module):
         """
         model = self.model
         images = model.preprocess_image(batch)
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-        logits, deltas = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
+        # The model's own inference path: the fast copies of backbone and head where they apply.
+        features, predictions = inference_features(model, images.tensor)
+        logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
         anchors = model.anchor_generator(features)
         results = []
         for i in range(len(batch)):
