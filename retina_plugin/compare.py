@@ -58,7 +58,9 @@ def run_one(config_file: str, opts: Sequence[str], seed: int, output_dir: str) -
     results = getattr(trainer, "_last_eval_results", None)
     if not results:
         raise RuntimeError(f"{output_dir}: the run ended without evaluation results")
-    return dict(results[cfg.DATASETS.TEST[0]]["bbox"])
+    # DefaultTrainer.test() drops the dataset level when there is one test dataset.
+    results = results.get(cfg.DATASETS.TEST[0], results)
+    return dict(results["bbox"])
 
 
 def summarize(runs: List[Dict]) -> Dict[str, Dict[str, Dict[str, float]]]:

@@ -1,6 +1,8 @@
 """
 The summary of tools/compare_options.py: mean and sample std per setting and metric.
 """
+import json
+
 import pytest
 
 from retina_plugin.compare import bar_plot, markdown_table, parse_setting, summarize
@@ -29,3 +31,28 @@ def test_setting_syntax():
         "atss", ["MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER", "ATSS"])
     with pytest.raises(ValueError, match="expected 'name=KEY VALUE"):
         parse_setting("x=MODEL.FOO")
+
+
+def test_compare_options_trains_evaluates_and_writes_the_table(tmp_path):
+    # Two settings x one seed, two iterations each on a generated 128-px dataset.
+    from retina_plugin.data.shapes import generate_shapes_split
+    from .conftest import TINY_CONFIG
+    from .test_train_eval_predict import load_tool
+
+    data = {}
+    for split, n, seed in (("train", 8, 21), ("val", 3, 22)):
+        data[split] = (generate_shapes_split(str(tmp_path / split), n, seed=seed, image_size=128), str(tmp_path / split))
+    register = [["cmp_train", *data["train"]], ["cmp_val", *data["val"]]]
+    out = tmp_path / "out"
+    load_tool("compare_options").main([
+        "--config-file", str(TINY_CONFIG), "--seeds", "0", "--output", str(out),
+        "--setting", "paper", "--setting", "atss=MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER ATSS",
+        "--common-opts", "DATASETS.REGISTER.COCO", str(register), "DATASETS.TRAIN", "('cmp_train',)",
+        "DATASETS.TEST", "('cmp_val',)", "SOLVER.MAX_ITER", "2", "SOLVER.WARMUP_ITERS", "1",
+    ])
+    runs = json.load(open(out / "runs.json"))
+    assert [(r["setting"], r["seed"]) for r in runs] == [("paper", 0), ("atss", 0)]
+    assert all(set(r["metrics"]) >= {"AP", "AP50", "AP75", "APs"} for r in runs)
+    assert "| atss |" in (out / "results.md").read_text() and (out / "results.png").is_file()
+    atss_cfg = (out / "atss_seed0" / "config.yaml").read_text()
+    assert "ANCHOR_ASSIGNER: ATSS" in atss_cfg and "MAX_ITER: 2" in atss_cfg
