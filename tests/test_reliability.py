@@ -356,3 +356,26 @@ def test_real_kill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     model = torch.nn.Linear(1000, 1000)
     AtomicDetectionCheckpointer(model, str(tmp_path), save_to_disk=True).resume_or_load("", resume=True)
     assert not list(tmp_path.glob("*" + INCOMPLETE_SUFFIX))  # the leftover is cleaned up
+
+
+def test_voc_size_that_is_not_a_number_is_named(tmp_path):
+    from retina_plugin.data import register_voc_folder
+
+    from .test_dataset_registration import write_voc
+
+    root = tmp_path / "voc_bad_size"
+    write_voc(root, {"s1": [("nut", (11, 6, 30, 20))]})
+    xml = root / "Annotations" / "s1.xml"
+    xml.write_text(xml.read_text().replace("<width>60</width>", "<width>sixty</width>"))
+    name = _name(tmp_path, "voc_bad_size")
+    register_voc_folder(name, str(root), "train", ["bolt", "nut"])
+    with pytest.raises(ValueError, match=r"s1.xml: <size> width 'sixty'.*not numbers"):
+        DatasetCatalog.get(name)
+
+
+def test_float_image_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "float32.tif"
+    Image.fromarray(np.random.rand(16, 16).astype(np.float32), mode="F").save(path)
+    assert Image.open(path).mode == "F"
+    with pytest.raises(UnreadableImageError, match=r"float32.tif: floating-point image"):
+        read_image_checked(str(path), format="BGR")
