@@ -10,6 +10,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.matcher import Matcher
 
 from retina_plugin.modeling import FocalRetinaNet, FocalRetinaNetHead
+from retina_plugin.modeling.assigners import IoUAssigner
 from retina_plugin.modeling.losses import SigmoidFocalLoss, SmoothL1BoxLoss
 
 FPN_CHANNELS = 256
@@ -56,7 +57,9 @@ model = L(FocalRetinaNet)(
         offset=0.0,
     ),
     box2box_transform=L(Box2BoxTransform)(weights=[1.0, 1.0, 1.0, 1.0]),
-    anchor_matcher=L(Matcher)(thresholds=[0.4, 0.5], labels=[0, -1, 1], allow_low_quality_matches=True),
+    anchor_assigner=L(IoUAssigner)(
+        matcher=L(Matcher)(thresholds=[0.4, 0.5], labels=[0, -1, 1], allow_low_quality_matches=True)
+    ),
     num_classes=80,
     classification_loss=L(SigmoidFocalLoss)(alpha=0.25, gamma=2.0),
     # The box loss codes boxes as the model does: one definition of the weights.
