@@ -25,6 +25,7 @@ from retina_plugin.metrics import drop_records_from, latest_records
 from retina_plugin.modeling.losses import SigmoidFocalLoss
 
 from .conftest import load_cfg
+from .test_dataset_registration import rewrite, write_voc
 
 
 # ----------------------------------------------------------------------------- config domains
@@ -80,11 +81,6 @@ def coco(tmp_path):
         return json_file, str(root), json.load(f)
 
 
-def _rewrite(json_file, data):
-    with open(json_file, "w") as f:
-        json.dump(data, f)
-
-
 def _name(tmp_path, tag):
     return f"rel_{tag}_{abs(hash(str(tmp_path)))}"
 
@@ -102,7 +98,7 @@ def _name(tmp_path, tag):
 def test_invalid_boxes_stop_registration_naming_file_and_annotation(coco, tmp_path, bbox, message):
     json_file, root, data = coco
     data["annotations"][2]["bbox"] = bbox
-    _rewrite(json_file, data)
+    rewrite(json_file, data)
     ann_id = data["annotations"][2]["id"]
     with pytest.raises(ValueError, match=f"annotations.json: annotation {ann_id} has bbox .*{message}"):
         register_coco_json(_name(tmp_path, "bad"), json_file, root)
@@ -111,7 +107,7 @@ def test_invalid_boxes_stop_registration_naming_file_and_annotation(coco, tmp_pa
 def test_image_without_size_is_named(coco, tmp_path):
     json_file, root, data = coco
     del data["images"][1]["width"]
-    _rewrite(json_file, data)
+    rewrite(json_file, data)
     with pytest.raises(ValueError, match=r"annotations.json: images\[1\] lacks \['width'\]"):
         register_coco_json(_name(tmp_path, "nosize"), json_file, root)
 
@@ -122,7 +118,7 @@ def test_degenerate_boxes_are_dropped_or_clipped_with_one_counted_warning(coco, 
     anns[0]["bbox"] = [10, 10, 0, 5]          # zero width: dropped
     anns[1]["bbox"] = [100, 100, 5, 5]        # wholly outside the 64 px image: dropped
     anns[2]["bbox"] = [60, 60, 10, 10]        # partly outside: kept, clipped by detectron2
-    _rewrite(json_file, data)
+    rewrite(json_file, data)
     name = _name(tmp_path, "degenerate")
     with caplog.at_level(logging.WARNING):
         register_coco_json(name, json_file, root)
@@ -277,8 +273,6 @@ def test_old_duplicated_metrics_keep_the_latest_run():
 def test_voc_degenerate_boxes_warn_and_inverted_boxes_stop(tmp_path, caplog):
     from retina_plugin.data import register_voc_folder
 
-    from .test_dataset_registration import write_voc
-
     root = tmp_path / "voc"
     # 60 x 40 images; VOC coordinates are 1-based and inclusive.
     write_voc(root, {"v1": [("nut", (11, 6, 30, 20)), ("nut", (5, 5, 4, 9)), ("bolt", (70, 50, 80, 60))]})
@@ -360,8 +354,6 @@ def test_real_kill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
 
 def test_voc_size_that_is_not_a_number_is_named(tmp_path):
     from retina_plugin.data import register_voc_folder
-
-    from .test_dataset_registration import write_voc
 
     root = tmp_path / "voc_bad_size"
     write_voc(root, {"s1": [("nut", (11, 6, 30, 20))]})
