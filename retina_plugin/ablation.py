@@ -28,6 +28,7 @@ import subprocess
 import sys
 import time
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -317,11 +318,12 @@ def run_one(
     seed: int,
     num_gpus: int = 1,
     log_file: Optional[str] = None,
+    threads: Optional[int] = None,
 ) -> Dict:
     """
     Train + evaluate one (setting, seed) in a subprocess; returns its result.json content.
     A subprocess keeps runs independent (memory, registries, global seeds) and lets a sweep
-    survive a run that crashes.
+    survive a run that crashes. ``threads`` caps its CPU threads (OMP_NUM_THREADS).
     """
     os.makedirs(output_dir, exist_ok=True)
     command = [
@@ -334,6 +336,8 @@ def run_one(
     package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH", "")) if p)
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
     start = time.perf_counter()
     with open(log_file, "w") as log:
         proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -417,21 +421,23 @@ def run_sweep(
     num_gpus: int = 1,
     stream=None,
     train: bool = True,
+    jobs: int = 1,
 ) -> Dict[str, List[Dict]]:
     """
-    Every (setting, seed) in order, skipping runs that already have a result.json; a progress
-    line with an ETA after each. With ``train=False`` only the finished runs are collected.
-    Returns {setting name: [result per seed]}.
+    Every (setting, seed), skipping runs that already have a result.json; a progress line with
+    an ETA after each. ``jobs`` runs go at once (a GPU or a many-core machine has room for
+    several small runs); each then gets ``cpu_count // jobs`` threads. A failed run lets the
+    runs in flight finish, starts no other, then raises. With ``train=False`` only the
+    finished runs are collected. Returns {setting name: [result per seed]}.
     """
     stream = stream or sys.stdout
-    jobs = [(s, seed) for s in settings for seed in seeds]
-    results: Dict[str, List[Dict]] = OrderedDict((s.name, []) for s in settings)
-    durations, done = [], 0
-    for setting, seed in jobs:
+    jobs_list = [(s, seed) for s in settings for seed in seeds]
+    found: Dict[Tuple[str, int], Dict] = {}
+    pending = []
+    for number, (setting, seed) in enumerate(jobs_list, 1):
         run_dir = os.path.join(output_dir, "runs", setting.folder, f"seed{seed}")
         run_opts = list(opts) + setting.opts
         result_path = os.path.join(run_dir, RESULT_FILE)
-        done += 1
         if os.path.isfile(result_path):
             with open(result_path) as f:
                 result = json.load(f)
@@ -440,29 +446,52 @@ def run_sweep(
                     f"{result_path} was made with other overrides ({result.get('opts')}) than "
                     f"setting '{setting.name}' now ({run_opts}); use another --output"
                 )
-            results[setting.name].append(result)
-            print(f"[{done}/{len(jobs)}] {setting.name} seed {seed}: done before, skipped", file=stream, flush=True)
-            continue
-        if not train:
-            print(f"[{done}/{len(jobs)}] {setting.name} seed {seed}: not run yet", file=stream, flush=True)
-            continue
-        result = run_one(config_file, run_opts, run_dir, seed, num_gpus=num_gpus)
-        results[setting.name].append(result)
+            found[(setting.name, seed)] = result
+            print(f"[{number}/{len(jobs_list)}] {setting.name} seed {seed}: done before, skipped", file=stream, flush=True)
+        elif not train:
+            print(f"[{number}/{len(jobs_list)}] {setting.name} seed {seed}: not run yet", file=stream, flush=True)
+        else:
+            pending.append((setting, seed, run_opts, run_dir))
+
+    durations: List[float] = []
+    threads = max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None
+
+    def report(setting: Setting, seed: int, result: Dict) -> None:
+        found[(setting.name, seed)] = result
         durations.append(result["seconds"])
-        remaining = sum(
-            1 for s, k in jobs[done:]
-            if not os.path.isfile(os.path.join(output_dir, "runs", s.folder, f"seed{k}", RESULT_FILE))
-        )
-        eta = remaining * sum(durations) / len(durations)
+        remaining = len(jobs_list) - len(found)
+        eta = math.ceil(remaining / jobs) * sum(durations) / len(durations)
         outcome = (
             f"AP {result['metrics']['AP']:.1f}" if result["status"] == "finished"
             else f"diverged at iteration {result.get('diverged_at')}"
         )
         print(
-            f"[{done}/{len(jobs)}] {setting.name} seed {seed}: {outcome} in "
+            f"[{len(found)}/{len(jobs_list)}] {setting.name} seed {seed}: {outcome} in "
             f"{_format_duration(result['seconds'])}; ETA {_format_duration(eta)}",
             file=stream, flush=True,
         )
+
+    if jobs <= 1:
+        for setting, seed, run_opts, run_dir in pending:
+            report(setting, seed, run_one(config_file, run_opts, run_dir, seed, num_gpus=num_gpus))
+    elif pending:
+        with ThreadPoolExecutor(max_workers=jobs) as pool:
+            futures = {
+                pool.submit(run_one, config_file, run_opts, run_dir, seed, num_gpus=num_gpus, threads=threads):
+                (setting, seed)
+                for setting, seed, run_opts, run_dir in pending
+            }
+            try:
+                for future in as_completed(futures):
+                    report(*futures[future], future.result())
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    results: Dict[str, List[Dict]] = OrderedDict((s.name, []) for s in settings)
+    for setting, seed in jobs_list:
+        if (setting.name, seed) in found:
+            results[setting.name].append(found[(setting.name, seed)])
     return results
 
 
@@ -644,6 +673,8 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="output/ablation", metavar="DIR")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per run (detectron2's launch; on CPU: gloo processes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (e.g. several small runs on one GPU); each gets cpu_count / jobs threads")
     parser.add_argument("--dry-run", action="store_true", help="check and list the settings, train nothing")
     parser.add_argument("--report", action="store_true",
                         help="write results.md/json/png from the runs finished so far, train nothing")
@@ -662,6 +693,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         if args.seeds < 1:
             raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.jobs < 1:
+            raise AblationError(f"--jobs must be >= 1, got {args.jobs}")
         # nargs="+" also swallows the trailing KEY VALUE overrides: they are the tokens
         # without "=" at the end of --grid / --variant.
         grid_items, trailing = _split_trailing_opts(args.grid)
@@ -691,7 +724,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     start = time.perf_counter()
     try:
         results = run_sweep(
-            args.config_file, settings, args.output, seeds, base_opts, args.num_gpus, train=not args.report
+            args.config_file, settings, args.output, seeds, base_opts, args.num_gpus, train=not args.report,
+            jobs=args.jobs,
         )
     except AblationError as e:
         print(f"ablate: error: {e}", file=sys.stderr)

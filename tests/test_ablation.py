@@ -4,6 +4,8 @@ resumes, the files it writes, and one real train + COCOEvaluator run in a subpro
 """
 import json
 import math
+import os
+import time
 
 import cv2
 import pytest
@@ -103,7 +105,7 @@ class FakeRuns:
     def __init__(self, fail_at=None):
         self.calls, self.fail_at = [], fail_at
 
-    def __call__(self, config_file, opts, output_dir, seed, num_gpus=1):
+    def __call__(self, config_file, opts, output_dir, seed, num_gpus=1, threads=None):
         if self.fail_at is not None and len(self.calls) == self.fail_at:
             raise KeyboardInterrupt  # the sweep is killed
         self.calls.append((tuple(opts), seed))
@@ -160,6 +162,40 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     # Same folder, other base overrides: refuse to mix results.
     monkeypatch.setattr(ablation, "run_one", FakeRuns())
     assert ablation.main(argv[:-1] + ["8"]) == 2
+
+
+def test_parallel_sweep_runs_each_setting_once_and_orders_seeds(tmp_path, monkeypatch, capsys):
+    argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2", f"{ALPHA}=.25,.75",
+            "--seeds", "3", "--output", str(tmp_path), "--jobs", "4"]
+    runs = FakeRuns()
+    threads_seen = []
+    monkeypatch.setattr(ablation, "run_one", lambda *a, threads=None, **k: threads_seen.append(threads) or runs(*a, **k))
+    assert ablation.main(argv) == 0
+    assert len(runs.calls) == 12 and len(set(runs.calls)) == 12
+    assert set(threads_seen) == {max(1, (os.cpu_count() or 1) // 4)}
+    rows = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())["settings"]}
+    # Seeds 0, 1, 2 in order, whatever order the runs finished in.
+    assert [r["seed"] for r in rows["FOCAL_LOSS_GAMMA=2 FOCAL_LOSS_ALPHA=.75"]["runs"]] == [0, 1, 2]
+    assert rows["FOCAL_LOSS_GAMMA=2 FOCAL_LOSS_ALPHA=.75"]["mean"]["AP"] == pytest.approx(21.75)
+    assert capsys.readouterr().out.count("ETA") == 12
+
+
+def test_parallel_sweep_stops_starting_runs_after_a_failure(tmp_path, monkeypatch):
+    started = []
+
+    def failing(config_file, opts, output_dir, seed, num_gpus=1, threads=None):
+        started.append(seed)
+        if len(started) == 1:
+            raise RuntimeError("run in x failed (exit code 1)")
+        time.sleep(0.5)
+        return FakeRuns()(config_file, opts, output_dir, seed)
+
+    monkeypatch.setattr(ablation, "run_one", failing)
+    settings = ablation.build_settings([(GAMMA, ["1"]), (ALPHA, [".25"])], [])
+    with pytest.raises(RuntimeError, match="exit code 1"):
+        ablation.run_sweep(str(TINY_CONFIG), settings, str(tmp_path), seeds=range(20), jobs=2)
+    # The run in flight beside the failed one may finish; the other 18 never start.
+    assert len(started) <= 3
 
 
 def test_variant_sweep_draws_bars(tmp_path, monkeypatch):

@@ -132,3 +132,17 @@ def test_config_key_selects_reference_path():
     assert SigmoidFocalLoss(cfg).fused
     cfg.MODEL.FOCAL_RETINANET.FUSED_FOCAL_LOSS = False
     assert not SigmoidFocalLoss(cfg).fused
+
+
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_half_precision_logits_give_a_float32_loss(reduction):
+    # As under autocast (AMP training): bfloat16 logits, the loss computed and returned in
+    # float32 like autocast's binary_cross_entropy_with_logits, the gradient in bfloat16.
+    logits, labels = _logits_and_labels()
+    low = logits.clamp(-30, 30).bfloat16()
+    ours = _value_and_grad(lambda x: fused_sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, reduction), low)
+    onehot = F.one_hot(labels, 8)[:, :7].float()
+    ref = _value_and_grad(lambda x: sigmoid_focal_loss(x, onehot, 0.25, 2.0, reduction), low.float())
+    assert ours[0].dtype == torch.float32 and ours[1].dtype == torch.bfloat16
+    torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours[1].float(), ref[1], rtol=1e-2, atol=1e-3)

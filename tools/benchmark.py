@@ -8,10 +8,17 @@ detectron2-based models, batch 1 inference and batch 2 training steps, and of th
     python tools/benchmark.py --config-file configs/retina_R50.yaml --size 800 1216 --json out.json
 
 Models are interleaved within each repeat, so that load from other jobs hits all of them alike.
-Peak memory is the peak resident set size of a fresh subprocess during one call minus its
-resident set size before the call, after the model and inputs are built (Linux: VmHWM of
-/proc/self/status, reset through /proc/self/clear_refs): what the call adds to the process.
+On the CPU, peak memory is the peak resident set size of a fresh subprocess during one call
+minus its resident set size before the call, after the model and inputs are built (Linux: VmHWM
+of /proc/self/status, reset through /proc/self/clear_refs): what the call adds to the process.
+With ``--device cuda`` it is the CUDA allocator's peak during the call above what was allocated
+before it, each call timed between device synchronizations; ``--amp`` runs the models and their
+training steps under float16 autocast (detectron2's AMPTrainer does the same).
+
+    python tools/benchmark.py --device cuda --size 800 1216 --repeats 50 --train-repeats 20
+    python tools/benchmark.py --device cuda --amp --size 800 1216 --repeats 50 --train-repeats 20
 """
+import contextlib
 import argparse
 import json
 import statistics
@@ -44,6 +51,8 @@ def parse_args(argv=None):
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps per model")
     parser.add_argument("--loss-anchors", type=int, default=120000)
     parser.add_argument("--no-model-memory", action="store_true", help="skip the models' peak-memory subprocesses (8 of them)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--amp", action="store_true", help="float16 autocast for models and training steps (cuda)")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: (kind, name)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
@@ -55,7 +64,7 @@ def load_cfg(args):
     add_retina_config(cfg)
     cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(args.opts)
-    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.DEVICE = args.device
     cfg.MODEL.WEIGHTS = ""
     return cfg
 
@@ -95,7 +104,7 @@ def build_models(cfg, size, names=MODELS):
     models[MODELS[3]] = retinanet_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=cfg.MODEL.RETINANET.NUM_CLASSES,
         min_size=min(size), max_size=max(size),
-    )
+    ).to(cfg.MODEL.DEVICE)
     return {n: models[n] for n in names}
 
 
@@ -115,36 +124,53 @@ def make_inputs(size, num_images, num_classes, seed=0):
     return inputs
 
 
-def runner(name, model, inputs, kind):
+def autocast(device, amp):
+    """float16 autocast on ``device`` when ``amp``, else nothing."""
+    return torch.autocast(torch.device(device).type, dtype=torch.float16) if amp else contextlib.nullcontext()
+
+
+def runner(name, model, inputs, kind, amp=False):
     """A no-argument callable: one inference (batch 1) or one training step (batch 2)."""
     torchvision = name == MODELS[3]
+    device = next(model.parameters()).device
+    if torchvision:
+        images = [(x["image"][[2, 1, 0]] / 255.0).to(device) for x in inputs]
     if kind == "inference":
         model.eval()
-        images = [x["image"][[2, 1, 0]] / 255.0 for x in inputs[:1]] if torchvision else inputs[:1]
+        images = images[:1] if torchvision else inputs[:1]
 
         def run():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(device, amp):
                 return model(images)
 
         return run
     model.train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
     if torchvision:
-        images = [x["image"][[2, 1, 0]] / 255.0 for x in inputs]
-        targets = [{"boxes": x["instances"].gt_boxes.tensor, "labels": x["instances"].gt_classes} for x in inputs]
+        targets = [
+            {"boxes": x["instances"].gt_boxes.tensor.to(device), "labels": x["instances"].gt_classes.to(device)}
+            for x in inputs
+        ]
     storage = EventStorage()
+    scaler = torch.amp.GradScaler(device.type) if amp else None
 
     def step():
-        with storage:
+        with storage, autocast(device, amp):
             losses = model(images, targets) if torchvision else model(inputs)
         optimizer.zero_grad()
-        sum(losses.values()).backward()
-        optimizer.step()
+        loss = sum(losses.values())
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     return step
 
 
-def loss_runners(num_anchors, num_classes=80, seed=0):
+def loss_runners(num_anchors, num_classes=80, seed=0, device="cpu"):
     from fvcore.nn import sigmoid_focal_loss as fvcore_focal_loss
     from torchvision.ops import sigmoid_focal_loss as torchvision_focal_loss
 
@@ -152,6 +178,7 @@ def loss_runners(num_anchors, num_classes=80, seed=0):
     logits = torch.randn(num_anchors, num_classes, generator=g) * 2 - 4
     labels = torch.randint(0, num_classes + 1, (num_anchors,), generator=g)
     labels[torch.rand(num_anchors, generator=g) < 0.99] = num_classes  # ~1% foreground
+    logits, labels = logits.to(device), labels.to(device)
 
     def make(fn):
         def run():
@@ -171,15 +198,23 @@ def loss_runners(num_anchors, num_classes=80, seed=0):
     }
 
 
-def time_interleaved(runners, repeats):
-    """{name: [ms, ...]}: one warm-up each, then ``repeats`` rounds over all runners."""
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_interleaved(runners, repeats, device="cpu", warmup=1):
+    """{name: [ms, ...]}: ``warmup`` calls each, then ``repeats`` rounds over all runners."""
     for run in runners.values():
-        run()
+        for _ in range(warmup):
+            run()
     times = {name: [] for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
+            synchronize(device)
             start = time.perf_counter()
             run()
+            synchronize(device)
             times[name].append((time.perf_counter() - start) * 1000)
     return times
 
@@ -221,6 +256,16 @@ def measure_in_this_process(args, kind, name):
     print(json.dumps({"peak_mb": _status_mb("VmHWM") - before}))
 
 
+def cuda_peak_mb(run):
+    """CUDA memory (MB) that one call of ``run`` allocates at its peak above what was there."""
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 def peak_mb(argv, kind, name):
     cmd = [sys.executable, __file__, "--measure", kind, name] + argv
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -229,16 +274,16 @@ def peak_mb(argv, kind, name):
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
-def conv_gflops_per_s(repeats=5):
+def conv_gflops_per_s(repeats=5, device="cpu", amp=False):
     """Best 3x3 conv throughput (256 -> 256 channels, 100x152) of NCHW and channels_last."""
-    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval()
-    x = torch.randn(1, 256, 100, 152)
+    conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval().to(device)
+    x = torch.randn(1, 256, 100, 152, device=device)
     flops = 2 * 256 * 256 * 9 * 100 * 152
     best = 0.0
-    with torch.no_grad():
+    with torch.no_grad(), autocast(device, amp):
         for fmt in (torch.contiguous_format, torch.channels_last):
             c, xx = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-            ms = statistics.median(time_interleaved({"conv": lambda: c(xx)}, repeats)["conv"])
+            ms = statistics.median(time_interleaved({"conv": lambda: c(xx)}, repeats, device, warmup=3)["conv"])
             best = max(best, flops / ms / 1e6)
     return best
 
@@ -256,7 +301,8 @@ def model_gflops(model, size):
             features = self.detector.backbone(x)
             return self.detector.head([features[f] for f in self.detector.head_in_features])
 
-    analysis = FlopCountAnalysis(BackboneAndHead(model).eval(), torch.randn(1, 3, *size))
+    device = next(model.parameters()).device
+    analysis = FlopCountAnalysis(BackboneAndHead(model).eval(), torch.randn(1, 3, *size, device=device))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return 2 * analysis.total() / 1e9
 
@@ -285,46 +331,67 @@ def main(argv=None):
     models = build_models(cfg, size)
     inputs = make_inputs(size, 2, cfg.MODEL.RETINANET.NUM_CLASSES)
 
-    # Detections of the three detectron2-based models (same weights).
+    device, amp = args.device, args.amp
+    cuda = torch.device(device).type == "cuda"
+    warmup = 3 if cuda else 1  # cuDNN picks its algorithms in the first calls
+
+    # Detections of the three detectron2-based models (same weights), in float32.
     detections = {}
     for name in MODELS[:3]:
-        detections[name] = runner(name, models[name], inputs, "inference")()[0]["instances"]
+        detections[name] = runner(name, models[name], inputs, "inference")()[0]["instances"].to("cpu")
     equal_reference = same_detections(detections[MODELS[0]], detections[MODELS[1]])
     equal_detectron2 = same_detections(detections[MODELS[0]], detections[MODELS[2]])
 
     log("timing inference")
-    inference = time_interleaved({n: runner(n, m, inputs, "inference") for n, m in models.items()}, args.repeats)
+    inference = time_interleaved(
+        {n: runner(n, m, inputs, "inference", amp) for n, m in models.items()}, args.repeats, device, warmup
+    )
     log("timing training steps")
-    train = time_interleaved({n: runner(n, m, inputs, "train") for n, m in models.items()}, args.train_repeats)
+    train = time_interleaved(
+        {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
+    )
     log("timing focal losses")
-    losses = time_interleaved(loss_runners(args.loss_anchors), args.repeats)
+    losses = time_interleaved(loss_runners(args.loss_anchors, device=device), args.repeats, device, warmup)
     memory = {}
-    log("peak memory, one subprocess per figure")
-    if not args.no_model_memory:
-        for name in MODELS:
-            memory[name] = {kind: peak_mb(memory_argv, kind, name) for kind in ("inference", "train")}
-    for name in LOSSES:
-        memory[name] = peak_mb(memory_argv, "loss", name)
+    if cuda:
+        log("peak CUDA memory of one call each")
+        if not args.no_model_memory:
+            for name in MODELS:
+                memory[name] = {
+                    kind: cuda_peak_mb(runner(name, models[name], inputs, kind, amp)) for kind in ("inference", "train")
+                }
+        for name, run in loss_runners(args.loss_anchors, device=device).items():
+            memory[name] = cuda_peak_mb(run)
+    else:
+        log("peak memory, one subprocess per figure")
+        if not args.no_model_memory:
+            for name in MODELS:
+                memory[name] = {kind: peak_mb(memory_argv, kind, name) for kind in ("inference", "train")}
+        for name in LOSSES:
+            memory[name] = peak_mb(memory_argv, "loss", name)
 
     log("conv throughput and model FLOPs")
-    conv_rate = conv_gflops_per_s()
+    conv_rate = conv_gflops_per_s(device=device, amp=amp)
     gflops = model_gflops(models[MODELS[1]], size)
     floor_ms = gflops / conv_rate * 1000
     median = {n: statistics.median(t) for n, t in inference.items()}
     detectron2_ms = median[MODELS[2]]
 
-    print(f"\n{args.config_file}, {size[0]}x{size[1]}, CPU threads {torch.get_num_threads()}, "
+    where = torch.cuda.get_device_name() if cuda else f"CPU threads {torch.get_num_threads()}"
+    print(f"\n{args.config_file}, {size[0]}x{size[1]}, {where}, {'float16 autocast' if amp else 'float32'}, "
           f"inference batch 1 ({args.repeats} runs), training step batch 2 ({args.train_repeats} runs), "
           f"models interleaved\n")
-    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | train step ms | vs detectron2 | peak MB inference / train |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | images/s | train step ms "
+          "| vs detectron2 | train images/s | peak MB inference / train |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     train_median = {n: statistics.median(t) for n, t in train.items()}
     for name in MODELS:
         mem = memory.get(name)
         mem_text = f"{mem['inference']:.0f} / {mem['train']:.0f}" if mem else "-"
-        print(f"| {name} | {median[name]:.0f} | {p90(inference[name]):.0f} | "
+        print(f"| {name} | {median[name]:.1f} | {p90(inference[name]):.1f} | "
               f"{median[name] / detectron2_ms:.2f}x | {100 * median[name] / floor_ms:.0f} % | "
-              f"{train_median[name]:.0f} | {train_median[name] / train_median[MODELS[2]]:.2f}x | {mem_text} |")
+              f"{1000 / median[name]:.1f} | {train_median[name]:.1f} | "
+              f"{train_median[name] / train_median[MODELS[2]]:.2f}x | {2000 / train_median[name]:.1f} | {mem_text} |")
     print(f"\nfloor: {gflops:.0f} GFLOP (backbone + head, fvcore x 2) at {conv_rate:.0f} GFLOP/s "
           f"(this machine's best 3x3 conv) = {floor_ms:.0f} ms")
     print(f"detections equal: fast vs reference path {equal_reference}, fast path vs detectron2 {equal_detectron2} "
@@ -337,12 +404,14 @@ def main(argv=None):
     for name in LOSSES:
         mem = memory.get(name)
         mem_text = f"{mem:.0f} | {mem / memory['torchvision']:.2f}x" if mem is not None else "- | -"
-        print(f"| {name} | {loss_median[name]:.0f} | {loss_median[name] / loss_median['torchvision']:.2f}x | {mem_text} |")
+        print(f"| {name} | {loss_median[name]:.2f} | {loss_median[name] / loss_median['torchvision']:.2f}x | {mem_text} |")
 
     if args.json:
         figures = {
             "size": list(size),
             "config": args.config_file,
+            "device": where,
+            "amp": amp,
             "inference_ms": {SHORT[n]: median[n] for n in MODELS},
             "inference_p90_ms": {SHORT[n]: p90(inference[n]) for n in MODELS},
             "train_step_ms": {SHORT[n]: train_median[n] for n in MODELS},

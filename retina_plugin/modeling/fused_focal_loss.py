@@ -20,8 +20,10 @@ from torch.nn import functional as F
 
 __all__ = ["fused_sigmoid_focal_loss", "fused_sigmoid_focal_loss_from_labels"]
 
-# Elements per chunk: the few float32 temporaries of one chunk stay in a core's L2 cache.
+# Elements per chunk. On the CPU the few float32 temporaries of one chunk stay in a core's L2
+# cache; on a GPU each chunk costs a dozen kernel launches, so chunks only bound the memory.
 _CHUNK_ELEMENTS = 1 << 15
+_GPU_CHUNK_ELEMENTS = 1 << 22
 
 
 def fused_sigmoid_focal_loss(
@@ -185,8 +187,9 @@ class _FocalLoss(torch.autograd.Function):
         ctx.options = (mode, alpha, gamma, reduction)
         flat = _as_rows(inputs)
         flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
-        out = torch.empty_like(flat) if reduction == "none" else None
         dtype = _compute_dtype(inputs)
+        # float32 for half logits too, as autocast runs binary_cross_entropy_with_logits.
+        out = torch.empty(flat.shape, dtype=dtype, device=flat.device) if reduction == "none" else None
         total = torch.zeros((), dtype=dtype, device=inputs.device)
         for rows in _row_chunks(flat):
             x = flat[rows].to(dtype)
@@ -201,7 +204,7 @@ class _FocalLoss(torch.autograd.Function):
             return out.reshape(inputs.shape)
         if reduction == "mean":
             total = total / inputs.numel()
-        return total.to(inputs.dtype)
+        return total
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
@@ -243,6 +246,7 @@ def _compute_dtype(inputs: Tensor) -> torch.dtype:
 def _row_chunks(flat: Tensor):
     """Slices of rows of the (R, C) tensor ``flat``, about _CHUNK_ELEMENTS elements each."""
     num_rows, num_columns = flat.shape
-    step = max(1, _CHUNK_ELEMENTS // max(num_columns, 1))
+    chunk_elements = _CHUNK_ELEMENTS if flat.device.type == "cpu" else _GPU_CHUNK_ELEMENTS
+    step = max(1, chunk_elements // max(num_columns, 1))
     for start in range(0, num_rows, step):
         yield slice(start, min(start + step, num_rows))
