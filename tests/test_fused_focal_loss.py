@@ -146,3 +146,24 @@ def test_half_precision_logits_give_a_float32_loss(reduction):
     assert ours[0].dtype == torch.float32 and ours[1].dtype == torch.bfloat16
     torch.testing.assert_close(ours[0], ref[0], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(ours[1].float(), ref[1], rtol=1e-2, atol=1e-3)
+
+
+def test_second_backward_through_a_retained_graph_recomputes():
+    # The gradient kept from the forward pass is scaled in place by the first backward; a
+    # second backward (retain_graph) must not reuse it.
+    logits, labels = _logits_and_labels()
+    x = logits.clone().requires_grad_()
+    loss = fused_sigmoid_focal_loss_from_labels(x, labels, 0.25, 2.0, "sum")
+    (3 * loss).backward(retain_graph=True)
+    first = x.grad.clone()
+    (5 * loss).backward()
+    torch.testing.assert_close(x.grad, first * 8 / 3, rtol=1e-5, atol=1e-7)
+
+
+def test_no_gradient_kept_without_autograd():
+    logits, labels = _logits_and_labels()
+    with torch.no_grad():
+        value = fused_sigmoid_focal_loss_from_labels(logits.requires_grad_(), labels)
+    loss = fused_sigmoid_focal_loss_from_labels(logits.detach(), labels)
+    assert not loss.requires_grad and loss.grad_fn is None
+    torch.testing.assert_close(value, loss)

@@ -4,13 +4,14 @@ cache-sized chunks.
 
 Autograd through :func:`~retina_plugin.modeling.losses.sigmoid_focal_loss` (or torchvision's)
 keeps about ten full-size intermediates alive for the backward pass and runs each
-element-wise step as a separate pass over memory. Here forward and backward each walk the
-logits once, chunk by chunk, and the backward recomputes what it needs from the logits and
-targets, the only tensors saved. The targets can also be given as class labels (M,), which
-never materialises the (M, K) one-hot matrix.
+element-wise step as a separate pass over memory. Here the forward pass walks the logits once,
+chunk by chunk, and computes the loss and, when the logits need a gradient, the gradient too
+(they share the sigmoid, softplus and power); it keeps only that gradient, which the backward
+pass scales by the incoming gradient in place. The targets can also be given as class labels
+(M,), which never materialises the (M, K) one-hot matrix: every element is computed as a
+negative, then the few positives (one per foreground anchor) are overwritten.
 
-Same values and gradients as ``sigmoid_focal_loss`` (including its floor on 1 - p_t, which keeps
-gradients finite for gamma < 1), to float32 rounding.
+Same values and gradients as ``sigmoid_focal_loss``, to float32 rounding.
 """
 import math
 
@@ -92,50 +93,53 @@ def _check_reduction(reduction: str) -> None:
         )
 
 
-def _chunk_targets(targets: Tensor, mode: str, rows: slice, num_columns: int) -> Tensor:
+def _chunk_targets(targets: Tensor, mode: str, rows: slice) -> Tensor:
     """
-    The targets of rows ``rows`` of the flattened (R, C) problem: bool for "labels" and
-    "binary" (0/1 floats), float32 for "soft".
+    The targets of rows ``rows`` of the flattened (R, C) problem: bool for "binary" (0/1
+    floats), float32 for "soft".
     """
-    if mode == "labels":
-        classes = torch.arange(num_columns, device=targets.device)
-        return targets[rows, None] == classes
     if mode == "binary":
         return targets[rows] > 0.5
     return targets[rows].to(torch.promote_types(targets.dtype, torch.float32))
 
 
-def _binary_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_grad: bool):
+def _negative_loss_and_grad(x: Tensor, alpha: float, gamma: float, need_grad: bool):
     """
-    Element-wise loss (and d loss / d x) for a float32 chunk ``x`` and bool targets ``t``.
+    Element-wise loss (and d loss / d x) of a float32 chunk ``x`` whose targets are all 0.
 
-    With z = x for negatives and -x for positives, q = sigmoid(z) = 1 - p_t and
-    ce = -log(p_t) = softplus(z):
-        loss = alpha_t ce q^gamma
-        dloss/dz = alpha_t q^gamma (q + gamma ce (1 - q))
+    With q = sigmoid(x) = 1 - p_t, ce = -log(1 - p) = softplus(x) and w = (1 - alpha) q^gamma:
+        loss = w ce,    dloss/dx = w (q + gamma ce (1 - q))
     which needs no q^(gamma - 1), so it is finite for every gamma and logit.
     """
-    z = torch.where(t, -x, x)
-    ce = F.softplus(z)
-    q = torch.sigmoid(z)
-    if gamma != 0:
-        # The same floor as sigmoid_focal_loss, for identical values where q underflows.
-        q_gamma = q.clamp(min=torch.finfo(q.dtype).tiny).pow_(gamma)
-        loss = ce * q_gamma
-    else:
-        loss = ce
+    ce = F.softplus(x)
+    q = torch.sigmoid(x)
+    w = q.pow(gamma) if gamma != 0 else torch.ones_like(q)
     if alpha >= 0:
-        alpha_t = torch.where(t, alpha, 1 - alpha)
-        loss = loss * alpha_t
+        w.mul_(1 - alpha)
+    loss = ce * w
     if not need_grad:
         return loss, None
-    if gamma != 0:
-        grad = torch.sub(1, q).mul_(ce).mul_(gamma).add_(q).mul_(q_gamma)
-    else:
-        grad = q
+    # q + gamma (ce - q ce), then times w: three passes, in place.
+    grad = torch.addcmul(ce, q, ce, value=-1).mul_(gamma).add_(q).mul_(w)
+    return loss, grad
+
+
+def _binary_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_grad: bool):
+    """
+    Element-wise loss (and d loss / d x) for a float32 chunk ``x`` and bool targets ``t``:
+    a positive is a negative of -x (z = -x, q = sigmoid(z) = 1 - p_t, ce = softplus(z)) with
+    alpha for 1 - alpha, and d/dx = -d/dz.
+    """
+    z = torch.where(t, -x, x)
+    loss, grad = _negative_loss_and_grad(z, -1.0, gamma, need_grad)
     if alpha >= 0:
-        grad = grad * alpha_t
-    return loss, torch.where(t, -grad, grad)
+        alpha_t = torch.where(t, alpha, 1 - alpha)
+        loss.mul_(alpha_t)
+        if grad is not None:
+            grad.mul_(alpha_t)
+    if grad is not None:
+        grad = torch.where(t, -grad, grad)
+    return loss, grad
 
 
 def _soft_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_grad: bool):
@@ -180,55 +184,74 @@ def _soft_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_g
     return loss, grad
 
 
+def _loss_and_grad(inputs: Tensor, targets: Tensor, mode: str, alpha: float, gamma: float, reduction: str, need_grad: bool):
+    """
+    The loss (reduced as asked, in the compute dtype) and, if ``need_grad``, d sum(loss) / d
+    inputs as a (R, C) compute-dtype tensor (None otherwise); chunk by chunk.
+    """
+    flat = _as_rows(inputs)
+    flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
+    dtype = _compute_dtype(inputs)
+    # float32 for half logits too, as autocast runs binary_cross_entropy_with_logits.
+    out = torch.empty(flat.shape, dtype=dtype, device=flat.device) if reduction == "none" else None
+    grad = torch.empty(flat.shape, dtype=dtype, device=flat.device) if need_grad else None
+    total = torch.zeros((), dtype=dtype, device=inputs.device)
+    num_classes = flat.shape[1]
+    for rows in _row_chunks(flat):
+        x = flat[rows].to(dtype)
+        if mode == "labels":
+            loss, chunk_grad = _negative_loss_and_grad(x, alpha, gamma, need_grad)
+            # The few positives (a foreground anchor's own class) are overwritten.
+            labels = flat_targets[rows]
+            anchors = (labels < num_classes).nonzero().squeeze(1)
+            if anchors.numel() > 0:
+                classes = labels[anchors]
+                positive = torch.ones_like(anchors, dtype=torch.bool)
+                loss_pos, grad_pos = _binary_loss_and_grad(x[anchors, classes], positive, alpha, gamma, need_grad)
+                loss[anchors, classes] = loss_pos
+                if need_grad:
+                    chunk_grad[anchors, classes] = grad_pos
+        else:
+            t = _chunk_targets(flat_targets, mode, rows)
+            loss_and_grad = _soft_loss_and_grad if mode == "soft" else _binary_loss_and_grad
+            loss, chunk_grad = loss_and_grad(x, t, alpha, gamma, need_grad)
+        if out is None:
+            total += loss.sum()
+        else:
+            out[rows] = loss
+        if need_grad:
+            grad[rows] = chunk_grad
+    if reduction == "none":
+        return out.reshape(inputs.shape), grad
+    if reduction == "mean":
+        total = total / inputs.numel()
+        if need_grad:
+            grad.div_(inputs.numel())
+    return total, grad
+
+
 class _FocalLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, inputs: Tensor, targets: Tensor, mode: str, alpha: float, gamma: float, reduction: str):
-        ctx.save_for_backward(inputs, targets)
         ctx.options = (mode, alpha, gamma, reduction)
-        flat = _as_rows(inputs)
-        flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
-        dtype = _compute_dtype(inputs)
-        # float32 for half logits too, as autocast runs binary_cross_entropy_with_logits.
-        out = torch.empty(flat.shape, dtype=dtype, device=flat.device) if reduction == "none" else None
-        total = torch.zeros((), dtype=dtype, device=inputs.device)
-        for rows in _row_chunks(flat):
-            x = flat[rows].to(dtype)
-            t = _chunk_targets(flat_targets, mode, rows, flat.shape[1])
-            loss_and_grad = _soft_loss_and_grad if mode == "soft" else _binary_loss_and_grad
-            loss, _ = loss_and_grad(x, t, alpha, gamma, need_grad=False)
-            if out is None:
-                total += loss.sum()
-            else:
-                out[rows] = loss
-        if reduction == "none":
-            return out.reshape(inputs.shape)
-        if reduction == "mean":
-            total = total / inputs.numel()
-        return total
+        need_grad = ctx.needs_input_grad[0]
+        loss, ctx.grad = _loss_and_grad(inputs, targets, mode, alpha, gamma, reduction, need_grad)
+        if need_grad:
+            # Only for a second backward through a retained graph, which recomputes.
+            ctx.save_for_backward(inputs, targets)
+        return loss
 
     @staticmethod
     def backward(ctx, grad_output: Tensor):
         inputs, targets = ctx.saved_tensors
-        mode, alpha, gamma, reduction = ctx.options
-        flat = _as_rows(inputs)
-        flat_targets = targets if mode == "labels" else targets.reshape(flat.shape)
-        if reduction == "none":
-            flat_grad_output = grad_output.reshape(flat.shape)
+        grad, ctx.grad = ctx.grad, None  # scaled in place below: good for one backward only
+        if grad is None:
+            _, grad = _loss_and_grad(inputs, targets, *ctx.options, need_grad=True)
+        if ctx.options[3] == "none":
+            grad.mul_(grad_output.reshape(grad.shape))
         else:
-            scale = grad_output.to(_compute_dtype(inputs)) / (inputs.numel() if reduction == "mean" else 1)
-        grad_input = torch.empty_like(flat)
-        dtype = _compute_dtype(inputs)
-        for rows in _row_chunks(flat):
-            x = flat[rows].to(dtype)
-            t = _chunk_targets(flat_targets, mode, rows, flat.shape[1])
-            loss_and_grad = _soft_loss_and_grad if mode == "soft" else _binary_loss_and_grad
-            _, grad = loss_and_grad(x, t, alpha, gamma, need_grad=True)
-            if reduction == "none":
-                grad.mul_(flat_grad_output[rows])
-            else:
-                grad.mul_(scale)
-            grad_input[rows] = grad
-        return grad_input.reshape(inputs.shape), None, None, None, None, None
+            grad.mul_(grad_output.to(grad.dtype))
+        return grad.to(inputs.dtype).reshape(inputs.shape), None, None, None, None, None
 
 
 def _as_rows(inputs: Tensor) -> Tensor:
