@@ -184,7 +184,9 @@ def _soft_loss_and_grad(x: Tensor, t: Tensor, alpha: float, gamma: float, need_g
     return loss, grad
 
 
-def _loss_and_grad(inputs: Tensor, targets: Tensor, mode: str, alpha: float, gamma: float, reduction: str, need_grad: bool):
+def _loss_and_grad(
+    inputs: Tensor, targets: Tensor, mode: str, alpha: float, gamma: float, reduction: str, need_grad: bool
+):
     """
     The loss (reduced as asked, in the compute dtype) and, if ``need_grad``, d sum(loss) / d
     inputs as a (R, C) compute-dtype tensor (None otherwise); chunk by chunk.
