@@ -160,7 +160,7 @@ def test_second_backward_through_a_retained_graph_recomputes():
     torch.testing.assert_close(x.grad, first * 8 / 3, rtol=1e-5, atol=1e-7)
 
 
-def test_no_gradient_kept_without_autograd():
+def test_loss_without_autograd_has_no_graph_and_the_same_value():
     logits, labels = _logits_and_labels()
     with torch.no_grad():
         value = fused_sigmoid_focal_loss_from_labels(logits.requires_grad_(), labels)

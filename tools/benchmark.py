@@ -394,7 +394,8 @@ def main(argv=None):
         {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
     )
     log("timing focal losses")
-    losses = time_interleaved(loss_runners(args.loss_anchors, device=device), args.repeats, device, warmup)
+    loss_runs = loss_runners(args.loss_anchors, device=device)
+    losses = time_interleaved(loss_runs, args.repeats, device, warmup)
     memory = {}
     if cuda:
         log("peak CUDA memory of one call each")
@@ -403,7 +404,7 @@ def main(argv=None):
                 memory[name] = {
                     kind: cuda_peak_mb(runner(name, models[name], inputs, kind, amp)) for kind in ("inference", "train")
                 }
-        for name, run in loss_runners(args.loss_anchors, device=device).items():
+        for name, run in loss_runs.items():
             memory[name] = cuda_peak_mb(run)
     else:
         log("peak memory, one subprocess per figure")

@@ -113,9 +113,10 @@ def _negative_loss_and_grad(x: Tensor, alpha: float, gamma: float, need_grad: bo
     """
     ce = F.softplus(x)
     q = torch.sigmoid(x)
-    w = q.pow(gamma) if gamma != 0 else torch.ones_like(q)
-    if alpha >= 0:
-        w.mul_(1 - alpha)
+    # A plain number for gamma = 0 (cross entropy): no pass over memory for a constant weight.
+    w = 1 - alpha if alpha >= 0 else 1.0
+    if gamma != 0:
+        w = q.pow(gamma).mul_(w) if w != 1.0 else q.pow(gamma)
     loss = ce * w
     if not need_grad:
         return loss, None
