@@ -21,6 +21,8 @@ training steps under float16 autocast (detectron2's AMPTrainer does the same).
 import contextlib
 import argparse
 import json
+import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -232,19 +234,33 @@ def synchronize(device):
 
 
 def time_interleaved(runners, repeats, device="cpu", warmup=1):
-    """{name: [ms, ...]}: ``warmup`` calls each, then ``repeats`` rounds over all runners."""
+    """
+    ``warmup`` calls each, then ``repeats`` rounds over all runners. Returns ({name: [ms, ...]},
+    {name: minor page faults per call}): the faults are the fresh memory pages the call touched,
+    which the kernel zeroes (glibc hands allocations above 32 MB back to it on free).
+    """
     for run in runners.values():
         for _ in range(warmup):
             run()
     times = {name: [] for name in runners}
+    faults = {name: 0 for name in runners}
     for _ in range(repeats):
         for name, run in runners.items():
             synchronize(device)
+            faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             start = time.perf_counter()
             run()
             synchronize(device)
             times[name].append((time.perf_counter() - start) * 1000)
-    return times
+            faults[name] += resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
+    return times, {name: count / max(repeats, 1) for name, count in faults.items()}
+
+
+def allocator_setting():
+    """glibc malloc's settings from the environment (docs/speed.md: keeping freed memory)."""
+    names = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+    set_ = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+    return " ".join(set_) if set_ else "default allocator"
 
 
 def p90(values):
@@ -311,7 +327,7 @@ def conv_gflops_per_s(repeats=5, device="cpu", amp=False):
     with torch.no_grad(), autocast(device, amp):
         for fmt in (torch.contiguous_format, torch.channels_last):
             c, xx = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
-            ms = statistics.median(time_interleaved({"conv": lambda: c(xx)}, repeats, device, warmup=3)["conv"])
+            ms = statistics.median(time_interleaved({"conv": lambda: c(xx)}, repeats, device, warmup=3)[0]["conv"])
             best = max(best, flops / ms / 1e6)
     return best
 
@@ -386,16 +402,16 @@ def main(argv=None):
     equal_detectron2 = same_detections(detections[MODELS[0]], detections[MODELS[2]])
 
     log("timing inference")
-    inference = time_interleaved(
+    inference, inference_faults = time_interleaved(
         {n: runner(n, m, inputs, "inference", amp) for n, m in models.items()}, args.repeats, device, warmup
     )
     log("timing training steps")
-    train = time_interleaved(
+    train, _ = time_interleaved(
         {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
     )
     log("timing focal losses")
     loss_runs = loss_runners(args.loss_anchors, device=device)
-    losses = time_interleaved(loss_runs, args.repeats, device, warmup)
+    losses, _ = time_interleaved(loss_runs, args.repeats, device, warmup)
     memory = {}
     if cuda:
         log("peak CUDA memory of one call each")
@@ -424,17 +440,17 @@ def main(argv=None):
     where = torch.cuda.get_device_name() if cuda else f"CPU threads {torch.get_num_threads()}"
     print(f"\n{args.config_file}, {size[0]}x{size[1]}, {where}, {'float16 autocast' if amp else 'float32'}, "
           f"inference batch 1 ({args.repeats} runs), training step batch 2 ({args.train_repeats} runs), "
-          f"models interleaved\n")
-    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | images/s | train step ms "
-          "| vs detectron2 | train images/s | peak MB inference / train |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          f"models interleaved, glibc {allocator_setting()}\n")
+    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | images/s | page faults / image "
+          "| train step ms | vs detectron2 | train images/s | peak MB inference / train |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     train_median = {n: statistics.median(t) for n, t in train.items()}
     for name in MODELS:
         mem = memory.get(name)
         mem_text = f"{mem['inference']:.0f} / {mem['train']:.0f}" if mem else "-"
         print(f"| {name} | {median[name]:.1f} | {p90(inference[name]):.1f} | "
               f"{median[name] / detectron2_ms:.2f}x | {100 * median[name] / floor_ms:.0f} % | "
-              f"{1000 / median[name]:.1f} | {train_median[name]:.1f} | "
+              f"{1000 / median[name]:.1f} | {inference_faults[name]:.0f} | {train_median[name]:.1f} | "
               f"{train_median[name] / train_median[MODELS[2]]:.2f}x | {2000 / train_median[name]:.1f} | {mem_text} |")
     print(f"\nfloor: {gflops:.0f} GFLOP (backbone + head, fvcore x 2) at {conv_rate:.0f} GFLOP/s "
           f"(this machine's best 3x3 conv) = {floor_ms:.0f} ms")
@@ -458,6 +474,8 @@ def main(argv=None):
             "amp": amp,
             "inference_ms": {SHORT[n]: median[n] for n in MODELS},
             "inference_p90_ms": {SHORT[n]: p90(inference[n]) for n in MODELS},
+            "inference_page_faults": {SHORT[n]: inference_faults[n] for n in MODELS},
+            "allocator": allocator_setting(),
             "train_step_ms": {SHORT[n]: train_median[n] for n in MODELS},
             "peak_mb": {SHORT[n]: memory[n] for n in MODELS if n in memory},
             "focal_loss": {n: {"ms": loss_median[n], "peak_mb": memory.get(n)} for n in LOSSES},
