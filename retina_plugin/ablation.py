@@ -534,10 +534,18 @@ def summarize(settings: Sequence[Setting], results: Dict[str, List[Dict]]) -> Li
     return rows
 
 
+def _no_value(row: Dict, not_run: str) -> str:
+    """What stands in for a setting's missing AP: why there is none."""
+    if row["num_runs"] > row["num_diverged"]:
+        # Finished, but COCOEvaluator had no detection to score.
+        return "no detections"
+    return "diverged" if row["num_diverged"] else not_run
+
+
 def _cell(row: Dict, metric: str) -> str:
     mean, std = row["mean"][metric], row["std"][metric]
     if math.isnan(mean):
-        return "diverged" if row["num_diverged"] else "–"
+        return _no_value(row, "–")
     if row["num_runs"] - row["num_diverged"] > 1:
         return f"{mean:.1f} ± {std:.1f}"
     return f"{mean:.1f}"
@@ -618,9 +626,7 @@ def plot_results(rows: List[Dict], path: str, title: str = "") -> None:
         errs = [0.0 if math.isnan(r["std"]["AP"]) else r["std"]["AP"] for r in rows]
         bars = ax.bar(range(len(rows)), means, yerr=errs, capsize=3, color="tab:blue")
         for bar, r in zip(bars, rows):
-            text = f"{r['mean']['AP']:.1f}" if not math.isnan(r["mean"]["AP"]) else (
-                "diverged" if r["num_diverged"] else "not run"
-            )
+            text = f"{r['mean']['AP']:.1f}" if not math.isnan(r["mean"]["AP"]) else _no_value(r, "not run")
             ax.annotate(text, (bar.get_x() + bar.get_width() / 2, bar.get_height()), ha="center", va="bottom", fontsize=8)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)

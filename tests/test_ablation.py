@@ -121,6 +121,17 @@ class FakeRuns:
         return result
 
 
+def test_a_finished_run_without_detections_says_so():
+    setting = ablation.Setting(name="v", variant="v", labels={}, overrides=[])
+    no_ap = {m: float("nan") for m in ablation.METRICS}
+    rows = ablation.summarize([setting], {"v": [{"status": "finished", "metrics": no_ap}]})
+    assert "| v | no detections | no detections |" in ablation.results_markdown(rows)
+    rows = ablation.summarize([setting], {"v": [{"status": "diverged", "metrics": no_ap}]})
+    assert "| v | diverged | diverged |" in ablation.results_markdown(rows)
+    rows = ablation.summarize([setting], {"v": []})
+    assert "| v | – | – |" in ablation.results_markdown(rows)
+
+
 def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys):
     argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2,5", f"{ALPHA}=.25,.75",
             "--seeds", "2", "--output", str(tmp_path), "SOLVER.MAX_ITER", "7"]

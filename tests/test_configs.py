@@ -110,4 +110,4 @@ def test_setup_script_reuses_a_complete_venv():
     proc = subprocess.run(["bash", "scripts/setup_env.sh"], cwd=REPO_ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     # The fast path: nothing is installed again.
-    assert ".venv is complete" in proc.stdout and "installing" not in proc.stdout
+    assert ".venv is complete" in proc.stdout and "installing" not in proc.stdout, proc.stdout + proc.stderr
