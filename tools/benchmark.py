@@ -259,8 +259,8 @@ def time_interleaved(runners, repeats, device="cpu", warmup=1):
 def allocator_setting():
     """glibc malloc's settings from the environment (docs/speed.md: keeping freed memory)."""
     names = ("MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
-    set_ = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
-    return " ".join(set_) if set_ else "default allocator"
+    settings = [f"{n}={os.environ[n]}" for n in names if n in os.environ]
+    return " ".join(settings) if settings else "default allocator"
 
 
 def p90(values):
