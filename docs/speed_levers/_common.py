@@ -1,7 +1,6 @@
 """Shared setup of the lever trials: tools/benchmark.py's models (R50-FPN, random weights)."""
 import statistics
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -16,11 +15,10 @@ def models(size, names):
 
 
 def median_ms(fn, repeats, warmup=1):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return statistics.median(benchmark.time_interleaved({"run": fn}, repeats, warmup=warmup)[0]["run"])
+
+
+def interleaved_medians(runners, repeats, warmup=1):
+    """{name: median ms} of ``runners`` timed in rounds by tools/benchmark.py."""
+    times, _ = benchmark.time_interleaved(runners, repeats, warmup=warmup)
+    return {name: statistics.median(t) for name, t in times.items()}

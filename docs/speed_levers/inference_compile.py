@@ -12,7 +12,7 @@ import torch
 import torch._inductor.config as inductor_config
 from torch import nn
 
-from _common import benchmark, median_ms, models
+from _common import benchmark, interleaved_medians, models
 
 
 class BackboneAndHead(nn.Module):
@@ -26,9 +26,6 @@ class BackboneAndHead(nn.Module):
         logits, deltas = self.head(features)
         return tuple(logits) + tuple(deltas)
 
-# Weights become constants of the graph (oneDNN can prepack them): inference only.
-inductor_config.freezing = True
-
 
 def main(mode, height, width, repeats):
     _, built = models((height, width), [benchmark.MODELS[0], benchmark.MODELS[2]])
@@ -41,16 +38,15 @@ def main(mode, height, width, repeats):
         if mode == "jit":
             fast = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(net, x)))
         else:
+            # Weights become constants of the graph (oneDNN can prepack them): inference only.
+            inductor_config.freezing = True
             fast = torch.compile(net)
         actual = fast(x)
         print(f"{mode}: preparation + first call {time.perf_counter() - start:.1f} s")
         error = max(float((a - e).abs().max() / e.abs().max()) for a, e in zip(actual, expected))
         print(f"max error relative to each output's largest value: {error:.1e}")
-        ms = {"eager": [], mode: []}
-        for _ in range(repeats):
-            ms["eager"].append(median_ms(lambda: net(x), 1, warmup=0))
-            ms[mode].append(median_ms(lambda: fast(x), 1, warmup=0))
-    eager, other = sorted(ms["eager"])[repeats // 2], sorted(ms[mode])[repeats // 2]
+        median = interleaved_medians({"eager": lambda: net(x), mode: lambda: fast(x)}, repeats, warmup=0)
+    eager, other = median["eager"], median[mode]
     print(f"median ms: eager {eager:.0f}, {mode} {other:.0f}, ratio {other / eager:.3f}")
 
 

@@ -5,11 +5,11 @@ one 256->512 conv over their stacked weights against the two 256->256 convs, at 
 
     python docs/speed_levers/subnet_first_convs.py 15
 """
-import statistics
 import sys
-import time
 
 import torch
+
+from _common import interleaved_medians
 
 
 def main(repeats):
@@ -21,16 +21,8 @@ def main(repeats):
             cls_conv, box_conv = (torch.nn.Conv2d(256, 256, 3, padding=1).to(memory_format=fmt) for _ in range(2))
             both = torch.nn.Conv2d(256, 512, 3, padding=1).to(memory_format=fmt)
             runs = {"two convs": lambda: (cls_conv(x), box_conv(x)), "one stacked conv": lambda: both(x).split(256, 1)}
-            times = {name: [] for name in runs}
             with torch.no_grad():
-                for run in runs.values():
-                    run()
-                for _ in range(repeats):
-                    for name, run in runs.items():
-                        start = time.perf_counter()
-                        run()
-                        times[name].append(1000 * (time.perf_counter() - start))
-            medians = {name: statistics.median(t) for name, t in times.items()}
+                medians = interleaved_medians(runs, repeats)
             print(f"{'channels_last' if channels_last else 'NCHW'} {height}x{width}: "
                   + ", ".join(f"{name} {ms:.1f} ms" for name, ms in medians.items())
                   + f", ratio {medians['one stacked conv'] / medians['two convs']:.2f}")

@@ -7,13 +7,12 @@ Lever trial (issue 7), the training step (batch 2, forward + backward + SGD step
     python docs/speed_levers/train_step.py profile 512 512
     python docs/speed_levers/train_step.py compile 512 512 3
 """
-import statistics
 import sys
 import time
 
 import torch
 
-from _common import benchmark, models
+from _common import benchmark, interleaved_medians, models
 
 
 def main(mode, height, width, repeats=3):
@@ -36,13 +35,7 @@ def main(mode, height, width, repeats=3):
     steps[benchmark.MODELS[0]]()
     print(f"compile + 2 steps: {time.perf_counter() - start:.0f} s")
     steps[benchmark.MODELS[2]]()
-    times = {name: [] for name in steps}
-    for _ in range(repeats):
-        for name, step in steps.items():
-            start = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - start)
-    median = {name: 1000 * statistics.median(t) for name, t in times.items()}
+    median = interleaved_medians(steps, repeats, warmup=0)
     print("median ms:", {name: round(ms) for name, ms in median.items()})
     print(f"compiled / detectron2: {median[benchmark.MODELS[0]] / median[benchmark.MODELS[2]]:.3f}")
 
