@@ -13,26 +13,21 @@ import os
 import cv2
 import tqdm
 
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.utils.logger import setup_logger
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
-from retina_plugin import add_retina_config
 from retina_plugin.data import register_datasets_from_config
 from retina_plugin.data.mapper import UnreadableImageError, read_image_checked
+from retina_plugin.engine.defaults import setup_config, setup_logging, setup_process
 from retina_plugin.visualization import draw_detections, expand_image_inputs
 
 
 def setup_cfg(args):
-    cfg = get_cfg()
-    add_retina_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
     # The detectron2 convention: the threshold applies to the model's own score filter.
-    cfg.MODEL.RETINANET.SCORE_THRESH_TEST = args.confidence_threshold
-    cfg.freeze()
+    opts = list(args.opts) + ["MODEL.RETINANET.SCORE_THRESH_TEST", str(args.confidence_threshold)]
+    cfg = setup_config(args.config_file, opts, training=False)
     register_datasets_from_config(cfg)
     return cfg
 
@@ -128,7 +123,9 @@ def main(argv=None):
     if not args.scale > 0:
         parser.error(f"--scale {args.scale}: expected a number > 0")
     args.unreadable = []
+    setup_process()
     logger = setup_logger(name="retina_plugin.demo")
+    setup_logging()
     cfg = setup_cfg(args)
     if not cfg.MODEL.WEIGHTS:
         logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")

@@ -15,37 +15,27 @@ Custom datasets without Python (see retina_plugin/data/register.py):
 """
 import logging
 
-from detectron2.config import get_cfg
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, launch
 from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
-from retina_plugin import add_retina_config
-from retina_plugin.checkpoint import AtomicDetectionCheckpointer
-from retina_plugin.config_checks import check_config
-from retina_plugin.data import check_num_classes, register_datasets_from_config
-from retina_plugin.trainer import Trainer
+from retina_plugin.engine.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.engine.defaults import setup_config, setup_process, setup_run
+from retina_plugin.engine.trainer import Trainer
 
 
 def setup(args):
-    cfg = get_cfg()
-    add_retina_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    cfg.DATASETS.REGISTER.COCO = list(cfg.DATASETS.REGISTER.COCO) + list(args.register_coco or [])
-    cfg.DATASETS.REGISTER.VOC = list(cfg.DATASETS.REGISTER.VOC) + list(args.register_voc or [])
-    if args.voc_class_names:
-        cfg.DATASETS.REGISTER.VOC_CLASS_NAMES = args.voc_class_names.split(",")
-    cfg.freeze()
-    check_config(cfg)
-    default_setup(cfg, args)
-    register_datasets_from_config(cfg)
-    check_num_classes(cfg)
+    cfg = setup_config(
+        args.config_file, args.opts, args.register_coco or (), args.register_voc or (),
+        args.voc_class_names, training=not args.eval_only,
+    )
+    setup_run(cfg, args)
     return cfg
 
 
 def main(args):
+    setup_process()
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

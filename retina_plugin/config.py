@@ -9,13 +9,35 @@ detectron2 RetinaNet yaml keeps working after changing only META_ARCHITECTURE.
 What is new lives under ``cfg.MODEL.FOCAL_RETINANET`` (model) and ``cfg.DATASETS.REGISTER``
 (datasets registered from yaml / command line, see :mod:`retina_plugin.data.register`).
 """
+import ast
+import os
+from typing import List, Sequence, Tuple
+
+from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
+from detectron2.config import LazyConfig, get_cfg
+
+__all__ = [
+    "ConfigError",
+    "add_retina_config",
+    "load_config",
+    "merge_overrides",
+    "build_any_model",
+    "model_weights",
+    "test_resize",
+]
+
+
+class ConfigError(ValueError):
+    """
+    A config file, key or value that cannot be loaded; the message names it.
+    """
 
 
 def add_retina_config(cfg):
     """
     Add retina_plugin's config keys, with their defaults, to ``cfg`` (in place).
-    Call it on ``get_cfg()`` before ``merge_from_file``.
+    Call it on ``get_cfg()`` before ``merge_from_file``; :func:`load_config` does both.
     """
     _C = cfg
 
@@ -106,9 +128,114 @@ def add_retina_config(cfg):
     # Evaluation and demo.py always name the file; demo.py goes on with the other inputs.
     _C.DATASETS.ON_UNREADABLE_IMAGE = "error"
 
+    # Training augmentations applied after detectron2's resize and flip, by name (see
+    # retina_plugin/data/augmentation.py): "VerticalFlip", "Rotate90" (quarter turns),
+    # "ColorJitter" (brightness, contrast, saturation x [0.8, 1.2]). The paper: none.
+    _C.INPUT.EXTRA_AUGMENTATIONS = []
+
     # When a loss or the gradient turns NaN/inf, stop with a diagnosis (which loss term, the
     # iteration, learning rates, the batch's file names, what looks wrong: degenerate or huge
     # target boxes, huge predicted deltas, gradient norm history, non-finite parameters) and
     # save the batch and model state for tools/replay_batch.py. Costs one gradient-norm
     # computation per iteration; False leaves detectron2's plain FloatingPointError.
     _C.SOLVER.DIAGNOSE_NONFINITE = True
+
+
+def load_config(config_file: str, opts: Sequence[str] = (), where: str = "command line"):
+    """
+    The one config loader of the package and its tools. A yaml file gives a CfgNode:
+    ``get_cfg()`` + :func:`add_retina_config` + the file + ``opts`` (KEY VALUE pairs, see
+    :func:`merge_overrides`). A ``.py`` file gives a LazyConfig with ``opts`` as ``key=value``
+    overrides (detectron2's lazy-config convention). Errors name the file, key and value.
+    """
+    if not config_file.endswith((".yaml", ".yml", ".py")):
+        raise ConfigError(f"config file {config_file!r}: expected a .yaml or .py file")
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"config file {config_file!r} does not exist")
+    if config_file.endswith(".py"):
+        cfg = LazyConfig.load(config_file)
+        return LazyConfig.apply_overrides(cfg, list(opts))
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    try:
+        cfg.merge_from_file(config_file)
+    except (KeyError, AssertionError, ValueError, TypeError) as e:
+        raise ConfigError(f"{config_file}: {type(e).__name__}: {e}") from None
+    merge_overrides(cfg, opts, where)
+    return cfg
+
+
+def _coerce(cfg: CfgNode, key: str, value: str) -> str:
+    """
+    An int given for a float key (GAMMA=0) becomes that float ("0.0"), as a user means it;
+    yacs would reject the type.
+    """
+    node = cfg
+    for part in key.split(".")[:-1]:
+        node = node.get(part) if isinstance(node, CfgNode) else None
+        if node is None:
+            return value
+    original = node.get(key.split(".")[-1]) if isinstance(node, CfgNode) else None
+    if isinstance(original, float):
+        try:
+            decoded = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            return value
+        if isinstance(decoded, int) and not isinstance(decoded, bool):
+            return repr(float(decoded))
+    return value
+
+
+def merge_overrides(cfg: CfgNode, opts: Sequence[str], where: str = "command line") -> List[str]:
+    """
+    ``cfg.merge_from_list(opts)`` pair by pair, an int given for a float key taken as that
+    float; returns the opts as merged. Raises :class:`ConfigError` naming ``where``, the key
+    and the value.
+    """
+    opts = [str(o) for o in opts]
+    if len(opts) % 2:
+        raise ConfigError(f"{where}: overrides must be KEY VALUE pairs, got {opts}")
+    merged = []
+    for key, value in zip(opts[0::2], opts[1::2]):
+        value = _coerce(cfg, key, value)
+        try:
+            cfg.merge_from_list([key, value])
+        except (AssertionError, KeyError) as e:
+            raise ConfigError(f"{where}: unknown config key {key!r} ({e})") from None
+        except (ValueError, TypeError, SyntaxError) as e:
+            raise ConfigError(f"{where}: bad value {value!r} for {key}: {e}") from None
+        merged += [key, value]
+    return merged
+
+
+def build_any_model(cfg):
+    """
+    The model of either config kind (yaml CfgNode or LazyConfig), randomly initialized.
+    """
+    from detectron2.config import instantiate
+    from detectron2.modeling import build_model
+
+    if isinstance(cfg, CfgNode):
+        return build_model(cfg)
+    return instantiate(cfg.model)
+
+
+def model_weights(cfg) -> str:
+    """
+    The checkpoint a config names: MODEL.WEIGHTS, or train.init_checkpoint for LazyConfig.
+    """
+    if isinstance(cfg, CfgNode):
+        return cfg.MODEL.WEIGHTS
+    return cfg.train.get("init_checkpoint", "")
+
+
+def test_resize(cfg) -> Tuple[int, int, str]:
+    """
+    (shortest edge, max size, input format) of the config's test-time resize.
+    """
+    if isinstance(cfg, CfgNode):
+        return cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.FORMAT
+    resizes = [a for a in cfg.dataloader.test.mapper.augmentations if "short_edge_length" in a]
+    if not resizes:
+        raise ConfigError("dataloader.test.mapper.augmentations has no ResizeShortestEdge")
+    return resizes[0].short_edge_length, resizes[0].max_size, cfg.model.input_format

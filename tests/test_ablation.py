@@ -3,6 +3,7 @@ The ablation harness: grid / variant parsing, errors before anything trains, a s
 resumes, the files it writes, and one real train + COCOEvaluator run in a subprocess.
 """
 import json
+import re
 import math
 import os
 import time
@@ -10,8 +11,8 @@ import time
 import cv2
 import pytest
 
-from retina_plugin import ablation
-from retina_plugin.ablation import AblationError, build_settings, parse_grid, parse_variant, prepare
+from retina_plugin.experiments import ablation
+from retina_plugin.experiments.ablation import AblationError, build_settings, parse_grid, parse_variant, prepare
 from retina_plugin.data.shapes import generate_shapes_split
 
 from .conftest import TINY_CONFIG
@@ -77,7 +78,9 @@ def test_settings_are_checked_before_training():
         ([f"MODEL.RETINANET.FOCAL_LOSS_GAMA=0,2"], [], "unknown config key 'MODEL.RETINANET.FOCAL_LOSS_GAMA'"),
         ([f"{GAMMA}=0,abc"], [], "bad value 'abc' for MODEL.RETINANET.FOCAL_LOSS_GAMMA"),
         (["MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS=SigmoidFocalLoss,Nope"], [],
-         "CLASSIFICATION_LOSS='Nope' is not one of the registered names"),
+         "CLASSIFICATION_LOSS = 'Nope': expected one of the registered names"),
+        # A value outside its domain fails here, not inside every run of the sweep.
+        ([f"{GAMMA}=2,-1"], [], re.escape(f"setting 'FOCAL_LOSS_GAMMA=-1': {GAMMA} = -1.0: expected gamma >= 0")),
         ([f"{GAMMA}=1"], ["SOLVER.NOPE", "1"], "command line: unknown config key 'SOLVER.NOPE'"),
         ([f"{GAMMA}=1"], ["SOLVER.MAX_ITER"], "KEY VALUE pairs"),
     ]
@@ -87,7 +90,7 @@ def test_settings_are_checked_before_training():
 
 
 def test_main_reports_errors_without_training(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(ablation.runner, "run_one", lambda *a, **k: pytest.fail("trained"))
     code = ablation.main(["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,oops",
                           "--output", str(tmp_path)])
     assert code == 2
@@ -136,18 +139,18 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2,5", f"{ALPHA}=.25,.75",
             "--seeds", "2", "--output", str(tmp_path), "SOLVER.MAX_ITER", "7"]
     killed = FakeRuns(fail_at=5)
-    monkeypatch.setattr(ablation, "run_one", killed)
+    monkeypatch.setattr(ablation.runner, "run_one", killed)
     with pytest.raises(KeyboardInterrupt):
         ablation.main(argv)
     assert len(killed.calls) == 5
     # --report: tables from the finished runs, nothing trained.
-    monkeypatch.setattr(ablation, "run_one", lambda *a, **k: pytest.fail("trained"))
+    monkeypatch.setattr(ablation.runner, "run_one", lambda *a, **k: pytest.fail("trained"))
     assert ablation.main(argv[:-2] + ["--report"] + argv[-2:]) == 0
     partial = (tmp_path / "results.md").read_text()
     assert "| 0 | .25 | 0.8 ± 0.7 |" in partial and "| 5 | .75 | – | – | – | – | 0 |" in partial
     assert "not run yet" in capsys.readouterr().out
     resumed = FakeRuns()
-    monkeypatch.setattr(ablation, "run_one", resumed)
+    monkeypatch.setattr(ablation.runner, "run_one", resumed)
     assert ablation.main(argv) == 0
     # The 5 finished runs are skipped; the 7 others run, each with the base overrides.
     assert len(resumed.calls) == 12 - 5
@@ -171,7 +174,7 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     assert picture is not None and picture.std() > 10
 
     # Same folder, other base overrides: refuse to mix results.
-    monkeypatch.setattr(ablation, "run_one", FakeRuns())
+    monkeypatch.setattr(ablation.runner, "run_one", FakeRuns())
     assert ablation.main(argv[:-1] + ["8"]) == 2
 
 
@@ -180,7 +183,7 @@ def test_parallel_sweep_runs_each_setting_once_and_orders_seeds(tmp_path, monkey
             "--seeds", "3", "--output", str(tmp_path), "--jobs", "4"]
     runs = FakeRuns()
     threads_seen = []
-    monkeypatch.setattr(ablation, "run_one", lambda *a, threads=None, **k: threads_seen.append(threads) or runs(*a, **k))
+    monkeypatch.setattr(ablation.runner, "run_one", lambda *a, threads=None, **k: threads_seen.append(threads) or runs(*a, **k))
     assert ablation.main(argv) == 0
     assert len(runs.calls) == 12 and len(set(runs.calls)) == 12
     assert set(threads_seen) == {max(1, (os.cpu_count() or 1) // 4)}
@@ -201,7 +204,7 @@ def test_parallel_sweep_stops_starting_runs_after_a_failure(tmp_path, monkeypatc
         time.sleep(0.5)
         return FakeRuns()(config_file, opts, output_dir, seed)
 
-    monkeypatch.setattr(ablation, "run_one", failing)
+    monkeypatch.setattr(ablation.runner, "run_one", failing)
     settings = ablation.build_settings([(GAMMA, ["1"]), (ALPHA, [".25"])], [])
     with pytest.raises(RuntimeError, match="exit code 1"):
         ablation.run_sweep(str(TINY_CONFIG), settings, str(tmp_path), seeds=range(20), jobs=2)
@@ -213,7 +216,7 @@ def test_variant_sweep_draws_bars(tmp_path, monkeypatch):
     argv = ["--config-file", str(TINY_CONFIG), "--output", str(tmp_path),
             "--variant", "gamma2", f"{GAMMA}=2", "--variant", "alpha_hi", f"{ALPHA}=0.75", f"{GAMMA}=1"]
     # Overrides after the last --variant are the base config's (the fake needs both keys).
-    monkeypatch.setattr(ablation, "run_one", FakeRuns())
+    monkeypatch.setattr(ablation.runner, "run_one", FakeRuns())
     assert ablation.main(argv + [GAMMA, "1", ALPHA, "0.5"]) == 0
     rows = json.loads((tmp_path / "results.json").read_text())["settings"]
     assert [(r["name"], r["mean"]["AP"]) for r in rows] == [("base", 10.5), ("gamma2", 20.5), ("alpha_hi", 10.75)]
@@ -223,6 +226,7 @@ def test_variant_sweep_draws_bars(tmp_path, monkeypatch):
     assert cv2.imread(str(tmp_path / "results.png")) is not None
 
 
+@pytest.mark.slow
 def test_a_real_run_trains_and_evaluates(tmp_path):
     train = generate_shapes_split(str(tmp_path / "train"), 4, seed=1, image_size=128)
     val = generate_shapes_split(str(tmp_path / "val"), 2, seed=2, image_size=128)

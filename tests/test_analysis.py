@@ -5,7 +5,7 @@ import importlib.util
 
 from detectron2.modeling import build_model
 
-from retina_plugin.analysis import analyze_model
+from retina_plugin.experiments.model_analysis import analyze_model
 
 from .conftest import CONFIGS, REPO_ROOT, load_cfg
 

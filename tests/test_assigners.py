@@ -148,7 +148,30 @@ def test_atss_in_the_model_with_9_and_1_anchors_per_location():
 
 
 def test_unknown_assigner_is_a_clear_error():
-    with pytest.raises(KeyError, match="ANCHOR_ASSIGNER='Hungarian'"):
+    with pytest.raises(ValueError, match="ANCHOR_ASSIGNER = 'Hungarian': expected one of the registered names"):
         build_model(load_cfg(opts=["MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER", "Hungarian"]))
     with pytest.raises(ValueError, match="ATSS_TOPK"):
         build_model(load_cfg(opts=[*ATSS, "MODEL.FOCAL_RETINANET.ATSS_TOPK", 0]))
+
+
+def test_detectron2_style_label_anchors_call_labels_per_level():
+    # detectron2's RetinaNet.label_anchors(anchors: List[Boxes], gt_instances): the levels come
+    # from the list. The same call must give the same labels as the model's own training path.
+    model = build_model(load_cfg(opts=["MODEL.RETINANET.NUM_CLASSES", NUM_CLASSES, *ATSS]))
+    inputs = batch()
+    images = model.preprocess_image(inputs)
+    features, _ = model.features_and_predictions(images.tensor)
+    anchors_per_level = model.anchor_generator(features)
+    gt = [x["instances"] for x in inputs]
+    labels, _ = model.label_anchors(anchors_per_level, gt)
+    concatenated = Boxes.cat(anchors_per_level)
+    expected, _ = model.label_anchors(concatenated, gt, [len(a) for a in anchors_per_level])
+    assert torch.equal(labels, expected)
+    num_boxes = sum(len(g) for g in gt)
+    # ATSS keeps candidates on every level: several foreground anchors per box.
+    assert int((labels[labels != -1] < NUM_CLASSES).sum()) > 2 * num_boxes
+    # Concatenated anchors without their levels: an error, never a silent single level.
+    with pytest.raises(ValueError, match="ATSS picks its candidates per level"):
+        model.label_anchors(concatenated, gt)
+    with pytest.raises(ValueError, match="contradicts"):
+        model.label_anchors(anchors_per_level, gt, [1, 2])

@@ -8,8 +8,8 @@ import torch
 from detectron2.modeling import build_backbone, build_model
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
 
-from retina_plugin.optimizer import build_optimizer
-from retina_plugin.trainer import Trainer
+from retina_plugin.engine.optimizer import build_optimizer
+from retina_plugin.engine.trainer import Trainer
 
 from .conftest import load_cfg
 
@@ -48,9 +48,9 @@ def test_p5_top_block_takes_the_fpn_output():
 
 
 def test_p5_with_a_backbone_that_ignores_it_is_a_clear_error():
-    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE='p5' needs MODEL.BACKBONE.NAME"):
+    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE = 'p5' needs MODEL.BACKBONE.NAME"):
         build_model(load_cfg(opts=["MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE", "p5"]))
-    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE must be one of"):
+    with pytest.raises(ValueError, match="TOP_BLOCK_IN_FEATURE = 'c6': expected one of 'res5', 'p5'"):
         build_model(load_cfg(opts=[*OURS, "MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE", "c6"]))
 
 
@@ -90,5 +90,5 @@ def test_adamw_has_no_weight_decay_on_norms_and_biases():
 
 def test_unknown_optimizer_is_a_clear_error():
     cfg = load_cfg(opts=["SOLVER.OPTIMIZER", "Adam"])
-    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER must be one of"):
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER = 'Adam': expected one of 'SGD', 'AdamW'"):
         build_optimizer(cfg, torch.nn.Linear(2, 2))

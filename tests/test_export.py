@@ -12,7 +12,7 @@ import torch
 
 from detectron2.modeling import build_model
 
-from retina_plugin import export
+from retina_plugin.deploy import export
 
 from .conftest import REPO_ROOT, TINY_CONFIG, load_cfg
 
@@ -78,8 +78,13 @@ def test_exported_compare_detects_a_difference(model):
     expected = export.run_eager(model, image)
     assert len(expected["scores"]) > 0
     shifted = dict(expected, boxes=expected["boxes"] + 0.01)
-    assert export.compare_detections(expected, shifted) != []
-    assert export.compare_detections(expected, expected) == []
+    def exported(detections):  # stands in for an exported model
+        return lambda _: (detections["boxes"], detections["scores"], detections["classes"])
+
+    ((_, count, problems),) = export.verify_exported(model, exported(shifted), [image])
+    assert count == len(expected["scores"]) and problems
+    ((_, _, problems),) = export.verify_exported(model, exported(expected), [image])
+    assert problems == []
 
 
 def test_export_rejects_a_training_model_and_bad_format(model, tmp_path):

@@ -119,18 +119,51 @@ def test_rebuilt_after_load_state_dict_and_training_and_checkpoint(tmp_path):
     torch.testing.assert_close(_detect(model, inputs, True)[0].scores, after_load.scores)
 
 
-def test_fast_path_only_in_eval_without_autograd():
+def test_inference_copy_is_explicit_state_outside_the_state_dict():
     model = _model("FrozenBN", cls_bias=-1.0)
+    assert model.inference_copy is None  # built by the first eval-mode call, not before
+    keys = set(model.state_dict())
     with torch.no_grad():
         model(_images(1))
-    assert model._fast_modules._modules is not None
-    model._fast_modules.clear()
-    model(_images(1))  # eval mode with autograd on: the reference path (gradients reach weights)
-    assert model._fast_modules._modules is None
+    copy = model.inference_copy
+    assert copy is not None
+    assert set(model.state_dict()) == keys
+    assert not any(p is q for p in model.parameters() for q in copy.backbone.parameters())
+    model(_images(1))  # autograd on: the same path, the same copy (no rebuild, no hashing)
+    assert model.inference_copy is copy
+    assert model.prepare_for_inference() is copy
+    assert model.prepare_for_inference(rebuild=True) is not copy
+    # Everything that changes the weights or leaves eval mode drops it.
+    for change in (lambda: model.train(), lambda: model.load_state_dict(model.state_dict()),
+                   lambda: model.to(torch.float32)):
+        model.eval().prepare_for_inference()
+        change()
+        assert model.inference_copy is None
+    model.eval()
     model.fast_inference = False
     with torch.no_grad():
         model(_images(1))
-    assert model._fast_modules._modules is None
+    assert model.inference_copy is None
+
+
+def test_same_detections_with_and_without_autograd():
+    # One path in eval mode whatever the grad mode: the results are identical, not just close.
+    model = _model("FrozenBN", cls_bias=-1.0)
+    inputs = _images(1)
+    with torch.no_grad():
+        without = model(inputs)[0]["instances"]
+    with_grad = model(inputs)[0]["instances"]
+    assert torch.equal(without.scores, with_grad.scores.detach())
+    assert torch.equal(without.pred_boxes.tensor, with_grad.pred_boxes.tensor.detach())
+
+
+def test_hooks_on_the_model_fire_in_inference():
+    model = _model("FrozenBN", cls_bias=-1.0)
+    calls = []
+    model.register_forward_hook(lambda module, args, output: calls.append(len(output)))
+    with torch.no_grad():
+        model(_images(2))
+    assert calls == [2]
 
 
 def test_config_key_and_default_predictor():
@@ -140,4 +173,4 @@ def test_config_key_and_default_predictor():
     predictor = DefaultPredictor(cfg)
     assert predictor.model.fast_inference
     predictor((torch.rand(128, 128, 3) * 255).byte().numpy())
-    assert predictor.model._fast_modules._modules is not None
+    assert predictor.model.inference_copy is not None

@@ -11,7 +11,8 @@ from detectron2.config import instantiate
 
 from retina_plugin.data.register import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.lazy import build_any_model, do_train, load_any_config
+from retina_plugin.config import build_any_model, load_config
+from retina_plugin.engine.lazy_training import do_train
 
 from .conftest import CONFIGS, load_cfg
 
@@ -22,7 +23,7 @@ def _shapes(model):
 
 @pytest.mark.parametrize("name", ["retina_R50", "demo_R18_cpu"])
 def test_lazy_config_builds_the_yaml_model(name):
-    lazy_model = build_any_model(load_any_config(str(CONFIGS / f"{name}.py")))
+    lazy_model = build_any_model(load_config(str(CONFIGS / f"{name}.py")))
     yaml_model = build_any_model(load_cfg(CONFIGS / f"{name}.yaml"))
     assert _shapes(lazy_model) == _shapes(yaml_model)
     assert type(lazy_model.head) is type(yaml_model.head)
@@ -39,7 +40,7 @@ def test_lazy_demo_model_predicts_like_the_yaml_one():
     with torch.no_grad():
         yaml_model.head.cls_score.weight.normal_(0, 0.1)
         yaml_model.head.cls_score.bias.zero_()
-    lazy_model = build_any_model(load_any_config(str(CONFIGS / "demo_R18_cpu.py"))).eval()
+    lazy_model = build_any_model(load_config(str(CONFIGS / "demo_R18_cpu.py"))).eval()
     lazy_model.load_state_dict(yaml_model.state_dict())
     image = torch.rand(3, 96, 128, generator=torch.Generator().manual_seed(0)) * 255
     expected = yaml_model([{"image": image}])[0]["instances"]
@@ -50,7 +51,7 @@ def test_lazy_demo_model_predicts_like_the_yaml_one():
 
 
 def test_box_coding_weights_are_defined_once():
-    cfg = load_any_config(str(CONFIGS / "retina_R50.py"), ["model.box2box_transform.weights=[2.0,2.0,1.0,1.0]"])
+    cfg = load_config(str(CONFIGS / "retina_R50.py"), ["model.box2box_transform.weights=[2.0,2.0,1.0,1.0]"])
     model = instantiate(cfg.model)
     assert tuple(model.box2box_transform.weights) == (2.0, 2.0, 1.0, 1.0)
     assert tuple(model.box_loss.box2box_transform.weights) == (2.0, 2.0, 1.0, 1.0)
@@ -58,13 +59,14 @@ def test_box_coding_weights_are_defined_once():
 
 def test_bad_config_file_name():
     with pytest.raises(ValueError, match="expected a .yaml or .py"):
-        load_any_config("configs/retina_R50.json")
+        load_config("configs/retina_R50.json")
 
 
+@pytest.mark.slow
 def test_lazy_demo_config_trains_with_the_lazy_loop(tmp_path):
     json_file = generate_shapes_split(str(tmp_path / "data"), 4, seed=3, image_size=128)
     register_coco_json("lazy_tiny", json_file, str(tmp_path / "data"))
-    cfg = load_any_config(str(CONFIGS / "demo_R18_cpu.py"), [
+    cfg = load_config(str(CONFIGS / "demo_R18_cpu.py"), [
         "dataloader.train.dataset.names=lazy_tiny", "dataloader.test.dataset.names=lazy_tiny",
         "dataloader.train.total_batch_size=2", "dataloader.train.num_workers=0",
         "dataloader.test.num_workers=0", "train.max_iter=3", "train.log_period=1",

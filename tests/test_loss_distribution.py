@@ -3,7 +3,6 @@ The Figure-4 analyzer: shares of the loss carried by the hardest samples, the cu
 curves, and tools/loss_cdf.py end to end on a tiny model.
 """
 import json
-import math
 
 import cv2
 import pytest
@@ -12,7 +11,7 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from retina_plugin import loss_distribution as ld
+from retina_plugin.experiments import loss_distribution as ld
 from retina_plugin.data.shapes import generate_shapes_split
 
 from .conftest import TINY_CONFIG, load_cfg

@@ -163,7 +163,7 @@ def test_losses_are_chosen_by_name():
     ],
 )
 def test_unknown_loss_names_are_clear_errors(key, value):
-    with pytest.raises(KeyError, match=f"{key}='{value}'"):
+    with pytest.raises(ValueError, match=f"{key} = '{value}': expected one of the registered names"):
         model_for([key, value])
 
 

@@ -48,6 +48,7 @@ def last_losses(output_dir):
     return last["iteration"], {k: last[k] for k in ("total_loss", "loss_cls", "loss_box_reg")}
 
 
+@pytest.mark.slow
 def test_two_processes_give_the_losses_of_one(data, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     for output_dir, num_gpus in ((one, 1), (two, 2)):
@@ -61,6 +62,7 @@ def test_two_processes_give_the_losses_of_one(data, tmp_path):
         assert losses_two[key] == pytest.approx(value, rel=1e-4), (key, losses_one, losses_two)
 
 
+@pytest.mark.slow
 def test_a_crash_in_one_worker_ends_the_run_with_its_error(data, tmp_path):
     json_file, root = data
     broken = os.path.join(root, "000003.png")

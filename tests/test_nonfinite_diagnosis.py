@@ -12,8 +12,8 @@ from detectron2.utils.events import EventStorage
 
 from retina_plugin.data import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.diagnostics import NonFiniteLossError, _grad_norm_findings
-from retina_plugin.trainer import Trainer
+from retina_plugin.engine.nonfinite_diagnosis import NonFiniteLossError, _grad_norm_findings
+from retina_plugin.engine.trainer import Trainer
 
 from .conftest import REPO_ROOT, load_cfg
 
@@ -103,6 +103,10 @@ def test_grad_norm_history_reads_as_explosion_or_not():
     assert "exploding gradient" in _grad_norm_findings([1.0, 1.1, 0.9, 1.0, 40.0])[0]
     assert "no explosion" in _grad_norm_findings([1.0, 1.1, 0.9, 1.0, 1.2])[0]
     assert _grad_norm_findings([1.0]) == []
+    # The last norm is not its own baseline: a 10,000x jump after one iteration is an explosion.
+    assert "exploding gradient" in _grad_norm_findings([27.0, 2.641e5])[0]
+    assert "exploding gradient" in _grad_norm_findings([27.0, 30.0, 2.641e5])[0]
+    assert "no explosion" in _grad_norm_findings([27.0, 30.0])[0]
 
 
 def test_diagnosis_can_be_turned_off(dataset, tmp_path):

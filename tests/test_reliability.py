@@ -16,12 +16,12 @@ from PIL import Image
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from retina_plugin.checkpoint import INCOMPLETE_SUFFIX, AtomicDetectionCheckpointer
+from retina_plugin.engine.checkpoint import INCOMPLETE_SUFFIX, AtomicDetectionCheckpointer
 from retina_plugin.config_checks import check_config
 from retina_plugin.data import register_coco_json
 from retina_plugin.data.mapper import CheckedDatasetMapper, UnreadableImageError, read_image_checked
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.metrics import drop_records_from, latest_records
+from retina_plugin.engine.metrics_json import drop_records_from, latest_records
 from retina_plugin.modeling.losses import SigmoidFocalLoss
 
 from .conftest import load_cfg
@@ -60,7 +60,16 @@ def test_values_outside_their_domain_name_the_key(key, value):
 
 
 def test_alpha_below_zero_disables_weighting_and_is_accepted():
-    check_config(load_cfg(opts=["MODEL.RETINANET.FOCAL_LOSS_ALPHA", "-1.0"]))
+    cfg = load_cfg(opts=["MODEL.RETINANET.FOCAL_LOSS_ALPHA", "-1.0"])
+    check_config(cfg)
+    loss = build_model(cfg).classification_loss
+    logits = torch.tensor([[2.0, -1.0], [0.5, 3.0]])
+    labels = torch.tensor([0, 2])  # a positive of class 0, a background anchor
+    targets = torch.tensor([[1.0, 0.0], [0.0, 0.0]])
+    unweighted = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p_t = torch.where(targets == 1, logits.sigmoid(), 1 - logits.sigmoid())
+    # No alpha_t factor: positives and negatives weigh the same.
+    torch.testing.assert_close(loss(logits, labels), (unweighted * (1 - p_t) ** 2).sum())
 
 
 def test_build_model_checks_the_domain_too():
@@ -68,7 +77,7 @@ def test_build_model_checks_the_domain_too():
     cfg = load_cfg(opts=["MODEL.RETINANET.FOCAL_LOSS_GAMMA", "-1.0"])
     with pytest.raises(ValueError, match="MODEL.RETINANET.FOCAL_LOSS_GAMMA = -1.0"):
         build_model(cfg)
-    with pytest.raises(ValueError, match="FOCAL_LOSS_ALPHA.*got 2"):
+    with pytest.raises(ValueError, match=re.escape("MODEL.RETINANET.FOCAL_LOSS_ALPHA = 2: expected alpha in [0, 1]")):
         SigmoidFocalLoss(alpha=2, gamma=2.0)
 
 
@@ -189,6 +198,19 @@ def test_mapper_errors_or_skips_unreadable_images(coco, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         assert CheckedDatasetMapper(cfg, True)(record) is None
     assert any(record["file_name"] in r.getMessage() for r in caplog.records)
+    # Nothing readable at all: "skip" stops after MAX_CONSECUTIVE_UNREADABLE in a row, naming
+    # the files, instead of drawing for ever.
+    mapper = CheckedDatasetMapper(cfg, True)
+    for _ in range(mapper.MAX_CONSECUTIVE_UNREADABLE - 1):
+        assert mapper(record) is None
+    with pytest.raises(UnreadableImageError, match="20 images in a row could not be read.*" + os.path.basename(record["file_name"])):
+        mapper(record)
+    # A readable image in between resets the count.
+    mapper = CheckedDatasetMapper(cfg, True)
+    for _ in range(mapper.MAX_CONSECUTIVE_UNREADABLE - 1):
+        mapper(record)
+    assert mapper(DatasetCatalog.get(name)[1]) is not None
+    assert mapper(record) is None
     # Evaluation never skips: a missing image would change the metric.
     with pytest.raises(UnreadableImageError):
         CheckedDatasetMapper(cfg, False)(record)
@@ -314,7 +336,7 @@ def test_plot_tool_draws_restarted_and_cut_off_metrics(tmp_path):
 
 KILLED_SAVER = """
 import sys, torch
-from retina_plugin.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.engine.checkpoint import AtomicDetectionCheckpointer
 model = torch.nn.Linear(1000, 1000)  # ~4 MB: each save takes a while
 checkpointer = AtomicDetectionCheckpointer(model, sys.argv[1], save_to_disk=True)
 step = 0
@@ -327,6 +349,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_real_kill_during_saves_leaves_a_loadable_checkpoint(tmp_path):
     import signal
     import subprocess

@@ -51,6 +51,13 @@ def run(args, env=None, check=True):
 def tiny_data(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_data")
     train = generate_shapes_split(str(root / "train"), 16, seed=11, image_size=128)
+    # One box partly outside its image: registration warns (clipped), and the run's log.txt
+    # must hold that warning.
+    with open(train) as f:
+        data = json.load(f)
+    data["annotations"][0]["bbox"] = [120.0, 120.0, 20.0, 20.0]
+    with open(train, "w") as f:
+        json.dump(data, f)
     val = generate_shapes_split(str(root / "val"), 6, seed=12, image_size=128)
     return {"train": (train, str(root / "train")), "val": (val, str(root / "val"))}
 
@@ -80,6 +87,7 @@ def read_metrics(output_dir):
         return [json.loads(line) for line in f if line.strip()]
 
 
+@pytest.mark.slow
 def test_training_lowers_the_loss_and_evaluates(trained):
     output_dir, proc = trained
     assert (output_dir / "model_final.pth").is_file()
@@ -89,8 +97,12 @@ def test_training_lowers_the_loss_and_evaluates(trained):
     # The final evaluation: COCOEvaluator's table, in the log and in metrics.json.
     assert AP_TABLE_HEADER.search(proc.stdout)
     assert any("bbox/AP50" in r for r in read_metrics(output_dir))
+    # Every warning of the run is in its log.txt, with its level.
+    log = (output_dir / "log.txt").read_text()
+    assert re.search(r"WARNING.*Dataset 'tiny_train' .*1 box\(es\) clipped to their image", log), log[-3000:]
 
 
+@pytest.mark.slow
 def test_eval_only_prints_the_ap_table(trained, tiny_data, tmp_path):
     output_dir, _ = trained
     proc = run(
@@ -103,6 +115,7 @@ def test_eval_only_prints_the_ap_table(trained, tiny_data, tmp_path):
     assert (tmp_path / "inference" / "tiny_val" / "coco_instances_results.json").is_file()
 
 
+@pytest.mark.slow
 def test_num_classes_mismatch_stops_before_training(tiny_data, tmp_path):
     proc = run(
         ["train_net.py", "--config-file", str(TINY_CONFIG), *data_args(tiny_data), *DATA_OPTS,
@@ -114,6 +127,7 @@ def test_num_classes_mismatch_stops_before_training(tiny_data, tmp_path):
     assert not (tmp_path / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_two_process_cpu_training(tiny_data, tmp_path):
     # --num-gpus 2 on a machine without GPUs: two gloo processes, DDP on CPU.
     proc = run(
@@ -127,6 +141,7 @@ def test_two_process_cpu_training(tiny_data, tmp_path):
     assert "copypaste: AP,AP50,AP75,APs,APm,APl" in proc.stdout  # evaluated across both
 
 
+@pytest.mark.slow
 def test_default_predictor_in_downstream_code(trained, tiny_data):
     output_dir, _ = trained
     cfg = load_cfg(opts=["MODEL.WEIGHTS", str(output_dir / "model_final.pth")])
@@ -147,6 +162,7 @@ def test_default_predictor_in_downstream_code(trained, tiny_data):
     assert set(instances.pred_classes.tolist()) <= set(range(cfg.MODEL.RETINANET.NUM_CLASSES))
 
 
+@pytest.mark.slow
 def test_demo_writes_pictures(trained, tiny_data, tmp_path):
     import demo
 
@@ -170,6 +186,7 @@ def test_demo_writes_pictures(trained, tiny_data, tmp_path):
         demo.main(["--config-file", str(TINY_CONFIG), "--input", str(tmp_path / "nothing*.jpg")])
 
 
+@pytest.mark.slow
 def test_demo_on_a_video(trained, tiny_data, tmp_path):
     import demo
 
@@ -191,6 +208,7 @@ def test_demo_on_a_video(trained, tiny_data, tmp_path):
         demo.main(["--config-file", str(TINY_CONFIG), "--video-input", str(tmp_path / "none.mp4")])
 
 
+@pytest.mark.slow
 def test_plot_metrics_draws_a_png(trained, tmp_path):
     output_dir, _ = trained
     proc = run(["tools/plot_metrics.py", str(output_dir / "metrics.json"), "--output",

@@ -14,7 +14,7 @@ See retina_plugin/ablation.py.
 """
 import sys
 
-from retina_plugin.ablation import main
+from retina_plugin.experiments.ablation import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -11,8 +11,8 @@ Default size: the config's test resize applied to a square image.
 import argparse
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
-from retina_plugin.analysis import analyze_model, format_analysis
-from retina_plugin.lazy import build_any_model, load_any_config, test_resize
+from retina_plugin.experiments.model_analysis import analyze_model, format_analysis
+from retina_plugin.config import build_any_model, load_config, test_resize
 
 
 def main(argv=None) -> str:
@@ -22,7 +22,7 @@ def main(argv=None) -> str:
     parser.add_argument("opts", nargs=argparse.REMAINDER,
                         help="overrides: KEY VALUE pairs (yaml) or key=value (.py)")
     args = parser.parse_args(argv)
-    cfg = load_any_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if hasattr(cfg, "MODEL"):
         cfg.MODEL.DEVICE = "cpu"
     model = build_any_model(cfg).to("cpu")

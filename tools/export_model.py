@@ -23,18 +23,18 @@ from detectron2.data import transforms as T
 from detectron2.data.detection_utils import read_image
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
-from retina_plugin.export import (
+from retina_plugin.deploy.export import (
     FORMATS,
     METHODS,
     export_model,
     load_exported,
-    median_latency_ms,
     resized_copies,
     run_eager,
     run_exported,
     verify_exported,
 )
-from retina_plugin.lazy import build_any_model, load_any_config, model_weights, test_resize
+from retina_plugin.utils.timing import median_latency_ms
+from retina_plugin.config import build_any_model, load_config, model_weights, test_resize
 
 
 def get_parser():
@@ -73,7 +73,7 @@ def main(argv=None) -> str:
     args = get_parser().parse_args(argv)
     if args.format == "onnx" and args.export_method != "tracing":
         raise SystemExit("export_model.py: ONNX export is traced; use --export-method tracing")
-    cfg = load_any_config(args.config_file, args.opts)
+    cfg = load_config(args.config_file, args.opts)
     if hasattr(cfg, "MODEL"):  # yaml; export on the CPU
         cfg.MODEL.DEVICE = "cpu"
     model = build_any_model(cfg).to("cpu").eval()
@@ -91,8 +91,8 @@ def main(argv=None) -> str:
     print(f"Wrote {path}; it gives eager mode's detections on all {len(report)} images above.")
     if args.benchmark:
         height, width = image.shape[1:]
-        eager_ms = median_latency_ms(lambda x: run_eager(model, x), image, args.benchmark)
-        exported_ms = median_latency_ms(lambda x: run_exported(exported, x), image, args.benchmark)
+        eager_ms = median_latency_ms(lambda: run_eager(model, image), args.benchmark)
+        exported_ms = median_latency_ms(lambda: run_exported(exported, image), args.benchmark)
         kind = f"{args.format} ({args.export_method})"
         print(f"Median latency over {args.benchmark} runs at {height} x {width}, "
               f"{torch.get_num_threads()} threads: eager {eager_ms:.1f} ms, {kind} {exported_ms:.1f} ms")

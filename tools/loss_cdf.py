@@ -11,7 +11,7 @@ See retina_plugin/loss_distribution.py.
 """
 import sys
 
-from retina_plugin.loss_distribution import main
+from retina_plugin.experiments.loss_distribution import main
 
 if __name__ == "__main__":
     sys.exit(main())

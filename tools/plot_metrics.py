@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import matplotlib
 
-from retina_plugin.metrics import latest_records
+from retina_plugin.engine.metrics_json import latest_records
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

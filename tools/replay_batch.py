@@ -12,7 +12,8 @@ import argparse
 import math
 import sys
 
-from retina_plugin.diagnostics import replay
+from retina_plugin.config import load_config
+from retina_plugin.engine.nonfinite_diagnosis import replay, saved_config
 
 
 def main(argv=None) -> int:
@@ -22,19 +23,10 @@ def main(argv=None) -> int:
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE overrides")
     args = parser.parse_args(argv)
     cfg = None
-    if args.config_file or args.opts:
-        from detectron2.config import get_cfg
-        from retina_plugin import add_retina_config
-        import torch
-
-        cfg = get_cfg()
-        add_retina_config(cfg)
-        if args.config_file:
-            cfg.merge_from_file(args.config_file)
-        else:
-            saved = torch.load(args.replay_file, map_location="cpu", weights_only=False)["cfg"]
-            cfg.merge_from_other_cfg(cfg.load_cfg(saved))
-        cfg.merge_from_list(args.opts)
+    if args.config_file:
+        cfg = load_config(args.config_file, args.opts)
+    elif args.opts:
+        cfg = saved_config(args.replay_file, opts=args.opts)
     loss_dict, grad_norm, findings = replay(args.replay_file, cfg)
     print("losses:", ", ".join(f"{k} = {v:.6g}" for k, v in loss_dict.items()))
     print(f"total gradient norm: {grad_norm:.6g}")

@@ -4,6 +4,8 @@ from .register import (
     register_datasets_from_config,
     register_voc_folder,
 )
+from .reef import REEF_CLASS_NAMES, register_reef_datasets
 from .shapes import SHAPES_CLASS_NAMES, register_shapes_datasets
 
 register_shapes_datasets()
+register_reef_datasets()

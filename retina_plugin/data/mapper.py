@@ -9,6 +9,7 @@ Checks happen lazily, when an image is read, so registration stays fast on COCO-
 """
 import copy
 import logging
+from typing import List
 
 import numpy as np
 import torch
@@ -20,9 +21,10 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
-__all__ = ["UnreadableImageError", "read_image_checked", "CheckedDatasetMapper", "UNREADABLE_IMAGE_POLICIES"]
+from ..config_checks import check_value
+from .augmentation import build_extra_augmentations
 
-UNREADABLE_IMAGE_POLICIES = ("error", "skip")
+__all__ = ["UnreadableImageError", "read_image_checked", "CheckedDatasetMapper"]
 
 # PIL modes of 16-bit (and 32-bit integer) single-channel images.
 _WIDE_INTEGER_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
@@ -79,24 +81,27 @@ class CheckedDatasetMapper(DatasetMapper):
     """
     detectron2's DatasetMapper for detection, reading images with :func:`read_image_checked`.
     In training, ``on_unreadable_image="skip"`` logs a WARNING naming the file and returns
-    None, so detectron2's dataset draws another image; "error" (default) stops the run.
+    None, so detectron2's dataset draws another image; "error" (default) stops the run. After
+    ``MAX_CONSECUTIVE_UNREADABLE`` unreadable images in a row, "skip" stops too (detectron2
+    would draw forever when none can be read), naming them.
     """
+
+    MAX_CONSECUTIVE_UNREADABLE = 20
 
     @configurable
     def __init__(self, is_train: bool, *, on_unreadable_image: str = "error", **kwargs):
         super().__init__(is_train, **kwargs)
-        if on_unreadable_image not in UNREADABLE_IMAGE_POLICIES:
-            raise ValueError(
-                f"DATASETS.ON_UNREADABLE_IMAGE must be one of {UNREADABLE_IMAGE_POLICIES}, "
-                f"got {on_unreadable_image!r}"
-            )
+        check_value("DATASETS.ON_UNREADABLE_IMAGE", on_unreadable_image)
         self.on_unreadable_image = on_unreadable_image
         self.num_skipped = 0
+        self.consecutive_unreadable: List[str] = []
 
     @classmethod
     def from_config(cls, cfg, is_train: bool = True):
         ret = super().from_config(cfg, is_train)
         ret["on_unreadable_image"] = cfg.DATASETS.ON_UNREADABLE_IMAGE
+        if is_train:
+            ret["augmentations"] = list(ret["augmentations"]) + build_extra_augmentations(cfg)
         return ret
 
     def __call__(self, dataset_dict):
@@ -112,6 +117,14 @@ class CheckedDatasetMapper(DatasetMapper):
         except UnreadableImageError as e:
             if self.is_train and self.on_unreadable_image == "skip":
                 self.num_skipped += 1
+                self.consecutive_unreadable.append(file_name)
+                if len(self.consecutive_unreadable) >= self.MAX_CONSECUTIVE_UNREADABLE:
+                    raise UnreadableImageError(
+                        f"{len(self.consecutive_unreadable)} images in a row could not be read "
+                        f"(DATASETS.ON_UNREADABLE_IMAGE skip): "
+                        f"{', '.join(sorted(set(self.consecutive_unreadable)))}. The dataset's "
+                        f"images are missing or unreadable; last error: {e}"
+                    ) from e
                 logger.warning(
                     f"Skipping an unreadable image ({self.num_skipped} so far in this data "
                     f"loader process; DATASETS.ON_UNREADABLE_IMAGE skip): {e}"
@@ -121,6 +134,7 @@ class CheckedDatasetMapper(DatasetMapper):
                 f"{e}. Fix or remove the file, or set DATASETS.ON_UNREADABLE_IMAGE skip to "
                 "train without it"
             ) from e
+        self.consecutive_unreadable = []
         utils.check_image_size(dataset_dict, image)
 
         aug_input = T.AugInput(image)

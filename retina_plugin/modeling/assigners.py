@@ -13,7 +13,7 @@ background), and ``match_labels`` (R,) int8: 1 foreground, 0 background, -1 igno
 detectron2's ``Matcher`` does. Anchors come concatenated over levels, highest resolution first,
 all anchors of one location next to each other (DefaultAnchorGenerator's order).
 """
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -23,6 +23,7 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.registry import Registry
 
+from ..config_checks import check_value
 from .registry import get_registered
 
 __all__ = [
@@ -80,8 +81,9 @@ class IoUAssigner(nn.Module):
         }
 
     def forward(
-        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: List[int]
+        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: Optional[List[int]] = None
     ) -> Tuple[Tensor, Tensor]:
+        # The IoU rule is the same on every level: the levels are not needed.
         return self.matcher(pairwise_iou(gt_boxes, anchors))
 
     def extra_repr(self):
@@ -108,8 +110,7 @@ class ATSSAssigner(nn.Module):
     @configurable
     def __init__(self, *, topk: int = 9, num_anchors_per_location: int = 1):
         super().__init__()
-        if topk < 1:
-            raise ValueError(f"MODEL.FOCAL_RETINANET.ATSS_TOPK must be >= 1, got {topk}")
+        check_value("MODEL.FOCAL_RETINANET.ATSS_TOPK", topk)
         self.topk = topk
         self.num_anchors_per_location = num_anchors_per_location
 
@@ -121,16 +122,22 @@ class ATSSAssigner(nn.Module):
         }
 
     def forward(
-        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: List[int]
+        self, gt_boxes: Boxes, anchors: Boxes, num_anchors_per_level: Optional[List[int]]
     ) -> Tuple[Tensor, Tensor]:
         """
         Args:
             gt_boxes: (G, 4), G >= 1.
             anchors: (R, 4), levels concatenated.
-            num_anchors_per_level: R_l per level, summing to R.
+            num_anchors_per_level: R_l per level, summing to R. Required: the candidates are
+                picked per level.
         Returns:
             matched_idxs (R,) int64 and match_labels (R,) int8 in {0, 1}.
         """
+        if num_anchors_per_level is None:
+            raise ValueError(
+                "ATSS picks its candidates per level: give the anchors per level (a list of "
+                "Boxes, as detectron2's label_anchors takes) or num_anchors_per_level"
+            )
         if sum(num_anchors_per_level) != len(anchors):
             raise ValueError(
                 f"num_anchors_per_level {num_anchors_per_level} does not add up to the "

@@ -4,14 +4,13 @@ The RetinaNet head: a classification subnet and a box subnet, shared across FPN 
 import math
 from typing import List, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from detectron2.config import configurable
 from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
-from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.utils.registry import Registry
 
+from ..config_checks import anchors_per_location
 from .registry import get_registered
 
 __all__ = ["FOCAL_RETINANET_HEAD_REGISTRY", "FocalRetinaNetHead", "build_focal_retinanet_head"]
@@ -104,17 +103,11 @@ class FocalRetinaNetHead(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, input_shape: List[ShapeSpec]):
-        num_anchors = set(build_anchor_generator(cfg, input_shape).num_cell_anchors)
-        if len(num_anchors) != 1:
-            raise ValueError(
-                "MODEL.ANCHOR_GENERATOR gives a different number of anchors per level "
-                f"({sorted(num_anchors)}); the head shares weights across levels and needs one."
-            )
         conv_dim = cfg.MODEL.FOCAL_RETINANET.HEAD_CONV_DIM or input_shape[0].channels
         return {
             "input_shape": input_shape,
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
-            "num_anchors": num_anchors.pop(),
+            "num_anchors": anchors_per_location(cfg),
             "conv_dims": [conv_dim] * cfg.MODEL.RETINANET.NUM_CONVS,
             "norm": cfg.MODEL.RETINANET.NORM,
             "prior_prob": cfg.MODEL.RETINANET.PRIOR_PROB,

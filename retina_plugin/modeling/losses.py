@@ -17,6 +17,7 @@ from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
 
+from ..config_checks import check_value
 from .fused_focal_loss import fused_sigmoid_focal_loss_from_labels
 from .registry import get_registered
 
@@ -130,13 +131,8 @@ class SigmoidFocalLoss(nn.Module):
             :func:`sigmoid_focal_loss` through autograd.
         """
         super().__init__()
-        # alpha > 1 gives the negatives a negative loss; gamma < 0 up-weights easy examples.
-        if not alpha <= 1:
-            raise ValueError(f"focal loss alpha (MODEL.RETINANET.FOCAL_LOSS_ALPHA) must be in "
-                             f"[0, 1], or < 0 to disable it; got {alpha}")
-        if not gamma >= 0:
-            raise ValueError(f"focal loss gamma (MODEL.RETINANET.FOCAL_LOSS_GAMMA) must be "
-                             f">= 0; got {gamma}")
+        check_value("MODEL.RETINANET.FOCAL_LOSS_ALPHA", alpha)
+        check_value("MODEL.RETINANET.FOCAL_LOSS_GAMMA", gamma)
         self.alpha = alpha
         self.gamma = gamma
         self.fused = fused

@@ -2,8 +2,7 @@
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
 import math
-import warnings
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
@@ -15,26 +14,21 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.anchor_generator import build_anchor_generator
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
+from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
-from ..config_checks import check_model_config
-from .fast_inference import FastInferenceModules, fast_inference_forward
+from ..config_checks import anchors_per_location, check_model_config, check_value
 from .assigners import build_anchor_assigner
-from .backbone import check_top_block_in_feature
+from .fast_inference import FoldedBackboneAndHead
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 
 __all__ = ["FocalRetinaNet"]
 
-# detectron2's DefaultAnchorGenerator calls torch.meshgrid without `indexing` (its "ij"
-# default is what it means); the deprecation notice would otherwise show in every run.
-warnings.filterwarnings(
-    "ignore", message=r"torch\.meshgrid: in an upcoming release", category=UserWarning
-)
-
-LOSS_NORMALIZERS = ("num_foreground", "ema")
+# (normalized, padded images (N, 3, H, W)) -> (features per level, [logits, deltas] per level)
+DensePredictor = Callable[[Tensor], Tuple[List[Tensor], List[List[Tensor]]]]
 
 
 @META_ARCH_REGISTRY.register()
@@ -46,6 +40,14 @@ class FocalRetinaNet(DenseDetector):
     Inputs and outputs are detectron2's standard ones (see :class:`DenseDetector`): training
     returns ``{"loss_cls", "loss_box_reg"}``, inference a list of ``{"instances": Instances}``
     with ``pred_boxes``, ``scores`` and ``pred_classes``.
+
+    Backbone and head run in :meth:`features_and_predictions`, the one place that computes
+    them. In eval mode, with ``fast_inference``, it runs ``inference_copy``, a copy of both
+    with the norms folded into the convs (:mod:`retina_plugin.modeling.fast_inference`): built by
+    :meth:`prepare_for_inference` or the first eval-mode call, dropped by ``train()``,
+    ``load_state_dict()`` and ``.to()``. Weights changed in place in eval mode (not through
+    those) need ``prepare_for_inference(rebuild=True)``. An ``inference_engine``
+    (:mod:`retina_plugin.deploy`) takes its place when one is attached.
     """
 
     @configurable
@@ -95,18 +97,13 @@ class FocalRetinaNet(DenseDetector):
             test_nms_thresh: IoU of class-wise NMS over the merged levels.
             max_detections_per_image: detections kept per image after NMS.
             pixel_mean, pixel_std, input_format: image normalization, see DenseDetector.
-            fast_inference: in eval mode without autograd, run a copy of the backbone and
-                head with norms folded into convs, in channels_last (see
-                :mod:`retina_plugin.modeling.fast_inference`); same detections.
+            fast_inference: in eval mode, run a copy of the backbone and head with norms
+                folded into convs, in channels_last; same detections (tested as sets).
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
         )
-        if loss_normalizer not in LOSS_NORMALIZERS:
-            raise ValueError(
-                f"loss_normalizer (MODEL.FOCAL_RETINANET.LOSS_NORMALIZER) must be one of "
-                f"{LOSS_NORMALIZERS}, got {loss_normalizer!r}"
-            )
+        check_value("MODEL.FOCAL_RETINANET.LOSS_NORMALIZER", loss_normalizer)
         self.num_classes = num_classes
         self.anchor_generator = anchor_generator
         self.box2box_transform = box2box_transform
@@ -122,12 +119,14 @@ class FocalRetinaNet(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         self.fast_inference = fast_inference
-        self._fast_modules = FastInferenceModules()
+        # Derived state, never in the state_dict (plain attributes, not submodules): the
+        # folded copy of backbone + head, and an attached deployment engine.
+        self.inference_copy: Optional[FoldedBackboneAndHead] = None
+        self.inference_engine: Optional[DensePredictor] = None
 
     @classmethod
     def from_config(cls, cfg):
-        check_model_config(cfg)  # issue 9: every key in its domain, named if not
-        check_top_block_in_feature(cfg)
+        check_model_config(cfg)
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
@@ -138,20 +137,13 @@ class FocalRetinaNet(DenseDetector):
                 f"({cfg.MODEL.BACKBONE.NAME}) does not output; it outputs {sorted(backbone_shapes)}"
             )
         feature_shapes = [backbone_shapes[f] for f in in_features]
-        anchor_generator = build_anchor_generator(cfg, feature_shapes)
-        num_anchors = anchor_generator.num_anchors
-        if len(set(num_anchors)) != 1:
-            raise ValueError(
-                f"MODEL.ANCHOR_GENERATOR gives different numbers of anchors per location on "
-                f"different levels ({num_anchors}); the shared head needs the same on all"
-            )
         return {
             "backbone": backbone,
             "head": build_focal_retinanet_head(cfg, feature_shapes),
             "head_in_features": in_features,
-            "anchor_generator": anchor_generator,
+            "anchor_generator": build_anchor_generator(cfg, feature_shapes),
             "box2box_transform": Box2BoxTransform(weights=cfg.MODEL.RETINANET.BBOX_REG_WEIGHTS),
-            "anchor_assigner": build_anchor_assigner(cfg, num_anchors[0]),
+            "anchor_assigner": build_anchor_assigner(cfg, anchors_per_location(cfg)),
             "num_classes": cfg.MODEL.RETINANET.NUM_CLASSES,
             "classification_loss": build_classification_loss(cfg),
             "box_loss": build_box_loss(cfg),
@@ -168,22 +160,92 @@ class FocalRetinaNet(DenseDetector):
             "fast_inference": cfg.MODEL.FOCAL_RETINANET.FAST_INFERENCE,
         }
 
-    def __call__(self, *args, **kwargs):
-        # The inference fast path is taken here rather than in forward(), which stays
-        # DenseDetector's: that is what TorchScript compiles when the model is scripted for
-        # export, and a second method built from the same function would clash there.
-        if self._use_fast_inference():
-            return fast_inference_forward(self, self._fast_modules, *args, **kwargs)
-        return super().__call__(*args, **kwargs)
+    # ------------------------------------------------------------------ forward
+    def forward(self, batched_inputs: List[Dict[str, Tensor]]):
+        """
+        detectron2's model call: ``batched_inputs`` is a list of dataset dicts with "image"
+        (C, H, W) and, in training, "instances"; see :meth:`DenseDetector.forward`.
+        """
+        images = self.preprocess_image(batched_inputs)
+        features, predictions = self.features_and_predictions(images.tensor)
+        if self.training:
+            assert not torch.jit.is_scripting(), "Not supported"
+            assert "instances" in batched_inputs[0], "Instance annotations are missing in training!"
+            gt_instances = [x["instances"].to(self.device) for x in batched_inputs]
+            return self.forward_training(images, features, predictions, gt_instances)
+        results = self.forward_inference(images, features, predictions)
+        if torch.jit.is_scripting():
+            return results
+        return self.postprocess(results, batched_inputs, images.image_sizes)
 
-    def _use_fast_inference(self) -> bool:
-        # Not while tracing (export) or when someone asks for gradients in eval mode.
-        return (
-            self.fast_inference
-            and not self.training
-            and not torch.is_grad_enabled()
-            and not torch.jit.is_tracing()
-        )
+    def features_and_predictions(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        """
+        The one place backbone and head run, for training, inference, test-time augmentation
+        and every tool.
+
+        Args:
+            images: (N, 3, H, W) normalized, padded batch (``preprocess_image(...).tensor``).
+        Returns:
+            features: per level of ``head_in_features``, (N, C, Hi, Wi).
+            predictions: [logits per level (N, A*K, Hi, Wi), deltas per level (N, A*4, Hi, Wi)].
+        """
+        if not torch.jit.is_scripting():
+            runner = self._inference_runner()
+            if runner is not None:
+                return runner(images)
+        features = self.backbone(images)
+        features = [features[f] for f in self.head_in_features]
+        return features, self.head(features)
+
+    @torch.jit.unused
+    def _inference_runner(self) -> Optional[DensePredictor]:
+        """What runs backbone + head instead of the modules themselves, if anything."""
+        if self.training or torch.jit.is_tracing():
+            # Export traces the modules themselves.
+            return None
+        if self.inference_engine is not None:
+            return self.inference_engine
+        if self.fast_inference:
+            return self.prepare_for_inference()
+        return None
+
+    @torch.jit.unused
+    def prepare_for_inference(self, rebuild: bool = False) -> FoldedBackboneAndHead:
+        """
+        Build ``inference_copy`` (backbone and head with folded norms, channels_last) unless it
+        exists; ``rebuild``: build it anew (after changing weights in place in eval mode).
+        """
+        if self.inference_copy is None or rebuild:
+            self.inference_copy = None  # free the old copy before building the new one
+            self.inference_copy = FoldedBackboneAndHead(self.backbone, self.head, self.head_in_features)
+        return self.inference_copy
+
+    def train(self, mode: bool = True):
+        if mode:
+            self.inference_copy = None
+        return super().train(mode)
+
+    def load_state_dict(self, state_dict, *args, **kwargs):
+        self.inference_copy = None
+        return super().load_state_dict(state_dict, *args, **kwargs)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(), .cuda(), .half(), ...: the copy would stay behind.
+        self.inference_copy = None
+        return super()._apply(fn, *args, **kwargs)
+
+    @torch.jit.unused
+    def postprocess(self, results: List[Instances], batched_inputs: List[Dict], image_sizes) -> List[Dict]:
+        """
+        Detections in each input's "height" x "width" frame (default: the size fed to the
+        network), clipped, empty boxes dropped: ``[{"instances": Instances}]``.
+        """
+        processed = []
+        for instances, input_per_image, image_size in zip(results, batched_inputs, image_sizes):
+            height = input_per_image.get("height", image_size[0])
+            width = input_per_image.get("width", image_size[1])
+            processed.append({"instances": detector_postprocess(instances, height, width)})
+        return processed
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
@@ -191,32 +253,39 @@ class FocalRetinaNet(DenseDetector):
             predictions, [self.num_classes, 4]
         )
         anchors_per_level = self.anchor_generator(features)
+        gt_labels, matched_gt_boxes = self.label_anchors(anchors_per_level, gt_instances)
         anchors = Boxes.cat(anchors_per_level)
-        gt_labels, matched_gt_boxes = self.label_anchors(
-            anchors, gt_instances, [len(a) for a in anchors_per_level]
-        )
         return self.losses(anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes)
 
     @torch.no_grad()
     def label_anchors(
         self,
-        anchors: Boxes,
+        anchors: Union[List[Boxes], Boxes],
         gt_instances: List[Instances],
         num_anchors_per_level: Optional[List[int]] = None,
     ) -> Tuple[Tensor, Tensor]:
         """
         Args:
-            anchors: Boxes (R, 4), the anchors of all levels concatenated.
+            anchors: per level, Boxes (R_l, 4), as detectron2's ``RetinaNet.label_anchors``
+                takes them; or Boxes (R, 4) of all levels concatenated, with
+                ``num_anchors_per_level`` (R_l per level, sum R) for assigners that work per
+                level (ATSS; the IoU assigner needs no levels).
             gt_instances: per image, Instances with ``gt_boxes`` and ``gt_classes``.
-            num_anchors_per_level: R_l per level (sum R); None: all R on one level.
         Returns:
             gt_labels: (N, R) int64; a class in [0, K) for foreground anchors, K for
                 background, -1 for ignored ones (e.g. IoU between the two thresholds).
             matched_gt_boxes: (N, R, 4) the box each anchor is matched to (XYXY);
                 meaningful for foreground anchors only.
         """
-        if num_anchors_per_level is None:
-            num_anchors_per_level = [len(anchors)]
+        if isinstance(anchors, (list, tuple)):
+            levels = [len(a) for a in anchors]
+            if num_anchors_per_level is not None and list(num_anchors_per_level) != levels:
+                raise ValueError(
+                    f"num_anchors_per_level {list(num_anchors_per_level)} contradicts the "
+                    f"anchors given per level ({levels})"
+                )
+            num_anchors_per_level = levels
+            anchors = Boxes.cat(anchors)
         gt_labels, matched_gt_boxes = [], []
         for instances in gt_instances:
             if len(instances) == 0:
@@ -389,7 +458,11 @@ class FocalRetinaNet(DenseDetector):
         # torch.jit.script compiles every submodule, used or not; the training-only ones
         # (losses, anchor assignment, anything added later) need not be scriptable. What
         # inference uses is listed in INFERENCE_MODULES; everything else is left out.
-        return [name for name in self._modules if name not in self.INFERENCE_MODULES]
+        # The inference copy and engine are Python-side state.
+        return [name for name in self._modules if name not in self.INFERENCE_MODULES] + [
+            "inference_copy",
+            "inference_engine",
+        ]
 
     # Submodules that inference (and so TorchScript) uses.
     INFERENCE_MODULES = ("backbone", "head", "anchor_generator")

@@ -13,5 +13,5 @@ def get_registered(registry: Registry, name: str, config_key: str):
     """
     if name not in registry:
         known = sorted(n for n, _ in registry)
-        raise KeyError(f"{config_key}={name!r} is not one of the registered names {known}")
+        raise KeyError(f"{config_key} = {name!r}: expected one of the registered names {known}")
     return registry.get(name)

@@ -13,7 +13,6 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from detectron2.structures import Boxes, Instances
 
-from .fast_inference import inference_features
 from .meta_arch import FocalRetinaNet
 
 __all__ = ["FocalRetinaNetWithTTA"]
@@ -76,8 +75,7 @@ class FocalRetinaNetWithTTA(nn.Module):
         """
         model = self.model
         images = model.preprocess_image(batch)
-        # The model's own inference path: the fast copies of backbone and head where they apply.
-        features, predictions = inference_features(model, images.tensor)
+        features, predictions = model.features_and_predictions(images.tensor)
         logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
         anchors = model.anchor_generator(features)
         results = []

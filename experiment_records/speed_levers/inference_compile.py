@@ -1,9 +1,9 @@
 """
-Lever trial (issue 7): the fast path's folded, channels_last backbone + head, eager against
+Lever trial: the fast path's folded, channels_last backbone + head, eager against
 ``torch.jit`` trace + freeze + optimize_for_inference and ``torch.compile`` (inductor, freezing),
 at one fixed input size, interleaved. Prints preparation time, error and median ms.
 
-    python docs/speed_levers/inference_compile.py {jit,compile} 512 512 5
+    python experiment_records/speed_levers/inference_compile.py {jit,compile} 512 512 5
 """
 import sys
 import time
@@ -30,7 +30,8 @@ class BackboneAndHead(nn.Module):
 def main(mode, height, width, repeats):
     _, built = models((height, width), [benchmark.MODELS[0], benchmark.MODELS[2]])
     model = built[benchmark.MODELS[0]].eval()
-    net = BackboneAndHead(*model._fast_modules.get(model.backbone, model.head), model.head_in_features).eval()
+    folded = model.prepare_for_inference()
+    net = BackboneAndHead(folded.backbone, folded.head, model.head_in_features).eval()
     x = torch.randn(1, 3, height, width).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         expected = net(x)

@@ -1,11 +1,11 @@
 """
-Lever trial (issue 7), the training step (batch 2, forward + backward + SGD step):
+Lever trial, the training step (batch 2, forward + backward + SGD step):
   profile  - where the fast path's step goes, by operator (torch.profiler, 2 steps);
   compile  - torch.compile of the backbone and of the head against detectron2's RetinaNet,
              interleaved, with the compile time.
 
-    python docs/speed_levers/train_step.py profile 512 512
-    python docs/speed_levers/train_step.py compile 512 512 3
+    python experiment_records/speed_levers/train_step.py profile 512 512
+    python experiment_records/speed_levers/train_step.py compile 512 512 3
 """
 import sys
 import time

@@ -1,15 +1,14 @@
 """
-Where the fast path's inference time goes (issue 7): preprocessing, backbone + head, and
+Where the fast path's inference time goes: preprocessing, backbone + head, and
 decoding + NMS, timed separately (median of 5), then the decoding profiled by operator.
 
-    python docs/speed_levers/inference_breakdown.py 800 1216
+    python experiment_records/speed_levers/inference_breakdown.py 800 1216
 """
 import sys
 
 import torch
 
 from _common import benchmark, median_ms, models
-from retina_plugin.modeling.fast_inference import inference_features
 
 
 def main(height, width):
@@ -18,10 +17,10 @@ def main(height, width):
     inputs = benchmark.make_inputs((height, width), 1, 80)
     with torch.no_grad():
         images = model.preprocess_image(inputs)
-        features, predictions = inference_features(model, images.tensor)
+        features, predictions = model.features_and_predictions(images.tensor)
         parts = {
             "preprocess": lambda: model.preprocess_image(inputs),
-            "backbone + head": lambda: inference_features(model, images.tensor),
+            "backbone + head": lambda: model.features_and_predictions(images.tensor),
             "decode + NMS": lambda: model.forward_inference(images, features, predictions),
             "whole call": lambda: model(inputs),
         }

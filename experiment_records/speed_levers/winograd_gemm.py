@@ -1,10 +1,10 @@
 """
-Lever trial (issue 7): could Winograd convolution beat oneDNN's direct 3x3 conv here? Times one
+Lever trial: could Winograd convolution beat oneDNN's direct 3x3 conv here? Times one
 256->256 3x3 conv of the head at P3 of an 800x1216 input (100x152, channels_last) against the
 batched GEMM alone that Winograd F(2x2,3x3) (16 GEMMs over 50x76 tiles) and F(4x4,3x3)
 (36 GEMMs over 25x38 tiles) would need, plus their input / output transforms as matmuls.
 
-    python docs/speed_levers/winograd_gemm.py
+    python experiment_records/speed_levers/winograd_gemm.py
 """
 import torch
 

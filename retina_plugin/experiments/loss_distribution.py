@@ -22,9 +22,8 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetMapper, build_detection_test_loader
 from detectron2.data.detection_utils import build_augmentation
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes
 
-from .modeling.losses import sigmoid_focal_loss
+from ..modeling.losses import sigmoid_focal_loss
 
 __all__ = [
     "collect_sample_logits",
@@ -56,13 +55,11 @@ def collect_sample_logits(model, data_loader, max_images: Optional[int] = None) 
     seen = 0
     for batched_inputs in data_loader:
         images = model.preprocess_image(batched_inputs)
-        features = model.backbone(images.tensor)
-        features = [features[f] for f in model.head_in_features]
-        pred_logits, _ = model._transpose_dense_predictions(model.head(features), [model.num_classes, 4])
+        features, predictions = model.features_and_predictions(images.tensor)
+        pred_logits, _ = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
         logits = torch.cat(pred_logits, dim=1)  # (N, R, K)
-        anchors = Boxes.cat(model.anchor_generator(features))
         gt_instances = [x["instances"].to(model.device) for x in batched_inputs]
-        gt_labels, _ = model.label_anchors(anchors, gt_instances)  # (N, R)
+        gt_labels, _ = model.label_anchors(model.anchor_generator(features), gt_instances)  # (N, R)
         foreground = (gt_labels >= 0) & (gt_labels != model.num_classes)
         positives.append(logits[foreground].gather(1, gt_labels[foreground][:, None]).squeeze(1))
         negatives.append(logits[gt_labels == model.num_classes].flatten())
@@ -208,14 +205,14 @@ def argument_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    from .ablation import AblationError, load_config
-    from .data import register_datasets_from_config
+    from ..config import load_config
+    from ..data import register_datasets_from_config
 
     args = argument_parser().parse_args(argv)
     try:
         gammas = _parse_gammas(args.gammas)
         cfg = load_config(args.config_file, args.opts)
-    except (ValueError, AblationError) as e:
+    except ValueError as e:
         print(f"loss_cdf: error: {e}", file=sys.stderr)
         return 2
     if not cfg.MODEL.WEIGHTS:

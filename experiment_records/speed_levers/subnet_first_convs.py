@@ -1,9 +1,9 @@
 """
-Lever trial (issue 7): the classification and box subnets' first convs read the same input;
+Lever trial: the classification and box subnets' first convs read the same input;
 one 256->512 conv over their stacked weights against the two 256->256 convs, at P3 of an
 800x1216 input (100x152) and of a 512x512 one (64x64), NCHW and channels_last, interleaved.
 
-    python docs/speed_levers/subnet_first_convs.py 15
+    python experiment_records/speed_levers/subnet_first_convs.py 15
 """
 import sys
 

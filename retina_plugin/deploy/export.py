@@ -10,16 +10,18 @@ Export of a FocalRetinaNet for deployment, through detectron2's export tooling:
 Every exported form maps a (3, H, W) float image in the model's input format (BGR for our
 configs), already resized, to detections in that image's pixel coordinates; ``run_*`` return
 them as ``{"boxes": (M, 4), "scores": (M,), "classes": (M,)}`` tensors, like :func:`run_eager`,
-and :func:`compare_detections` checks one against another.
+and :func:`verify_exported` checks them against eager mode, as sets.
 """
 import os
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from detectron2.export import TracingAdapter, scripting_with_instances
 from detectron2.structures import Boxes, Instances
+
+from ..utils.detection_sets import Detections, detection_differences
 
 __all__ = [
     "ONNX_OPSET",
@@ -33,10 +35,8 @@ __all__ = [
     "load_exported",
     "run_eager",
     "run_exported",
-    "compare_detections",
     "resized_copies",
     "verify_exported",
-    "median_latency_ms",
 ]
 
 ONNX_OPSET = 17
@@ -49,8 +49,6 @@ FILE_NAMES = {
     ("torchscript", "scripting"): "model_scripted.ts",
     ("onnx", "tracing"): "model.onnx",
 }
-
-Detections = Dict[str, Tensor]
 
 
 def _check_eval(model: nn.Module) -> nn.Module:
@@ -212,26 +210,6 @@ def run_exported(exported, image: Tensor) -> Detections:
     return {"boxes": boxes, "scores": scores, "classes": classes}
 
 
-def compare_detections(
-    expected: Detections, actual: Detections, atol: float = 1e-3
-) -> List[str]:
-    """
-    Differences between two sets of detections (empty list: they agree): the same number,
-    the same classes in the same order, boxes and scores within ``atol``.
-    """
-    n_expected, n_actual = len(expected["scores"]), len(actual["scores"])
-    if n_expected != n_actual:
-        return [f"{n_actual} detections instead of {n_expected}"]
-    problems = []
-    if not torch.equal(expected["classes"].long(), actual["classes"].long()):
-        problems.append("classes differ")
-    for key in ("boxes", "scores"):
-        if n_expected and not torch.allclose(expected[key], actual[key].to(expected[key]), atol=atol, rtol=0):
-            diff = (expected[key] - actual[key].to(expected[key])).abs().max().item()
-            problems.append(f"{key} differ by up to {diff:.2e} (> {atol})")
-    return problems
-
-
 def resized_copies(image: Tensor, scales=(0.5, 0.8, 1.3)) -> List[Tensor]:
     """
     ``image`` (3, H, W) resized by each scale, the aspect ratio changed a little, so that the
@@ -258,21 +236,6 @@ def verify_exported(
     for image in images:
         expected = run_eager(model, image)
         actual = run_exported(exported, image)
-        report.append((tuple(image.shape[1:]), len(expected["scores"]), compare_detections(expected, actual, atol)))
+        problems = detection_differences(expected, actual, atol=atol, rtol=0.0)
+        report.append((tuple(image.shape[1:]), len(expected["scores"]), problems))
     return report
-
-
-def median_latency_ms(fn, image: Tensor, repeats: int) -> float:
-    """
-    Median wall time of ``fn(image)`` over ``repeats`` runs after one warm-up, in ms.
-    """
-    import statistics
-    import time
-
-    fn(image)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn(image)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)

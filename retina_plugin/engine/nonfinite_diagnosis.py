@@ -24,7 +24,14 @@ from detectron2.utils.events import EventStorage
 
 from .checkpoint import atomic_write
 
-__all__ = ["NonFiniteLossError", "NonFiniteWatch", "describe_batch", "replay", "REPLAY_FILE_PREFIX"]
+__all__ = [
+    "NonFiniteLossError",
+    "NonFiniteWatch",
+    "describe_batch",
+    "replay",
+    "saved_config",
+    "REPLAY_FILE_PREFIX",
+]
 
 REPLAY_FILE_PREFIX = "nonfinite_batch"
 
@@ -95,15 +102,14 @@ def _prediction_findings(model: nn.Module, batched_inputs: Sequence[Dict]) -> Li
     Re-runs backbone and head on the batch: non-finite features, huge logits or deltas, per level.
     """
     m = _unwrap(model)
-    if not all(hasattr(m, a) for a in ("preprocess_image", "backbone", "head", "head_in_features")):
+    if not all(hasattr(m, a) for a in ("preprocess_image", "features_and_predictions", "head_in_features")):
         return []
     images = m.preprocess_image(batched_inputs)
-    features = m.backbone(images.tensor)
+    features, (logits, deltas) = m.features_and_predictions(images.tensor)
     findings = []
-    for name in m.head_in_features:
-        if not torch.isfinite(features[name]).all():
+    for name, feature in zip(m.head_in_features, features):
+        if not torch.isfinite(feature).all():
             findings.append(f"backbone feature {name} has NaN/inf values")
-    logits, deltas = m.head([features[f] for f in m.head_in_features])
     for level, (lg, dl) in enumerate(zip(logits, deltas)):
         tag = m.head_in_features[level]
         if not torch.isfinite(dl).all() or not torch.isfinite(lg).all():
@@ -142,17 +148,26 @@ def describe_batch(model: nn.Module, batched_inputs: Sequence[Dict]) -> List[str
     return findings
 
 
+# A gradient norm this many times the median of the ones before it is an explosion.
+EXPLOSION_FACTOR = 10.0
+
+
 def _grad_norm_findings(history: Sequence[float]) -> List[str]:
+    """
+    Whether the last finite gradient norm exploded: compared with the median of the finite
+    norms before it (the last one is not its own baseline).
+    """
     finite = [g for g in history if math.isfinite(g)]
     if len(finite) < 2:
         return []
-    median = sorted(finite)[len(finite) // 2]
-    last = finite[-1]
+    earlier, last = sorted(finite[:-1]), finite[-1]
+    median = earlier[len(earlier) // 2] if len(earlier) % 2 else (
+        earlier[len(earlier) // 2 - 1] + earlier[len(earlier) // 2]) / 2
     shown = ", ".join(_fmt(g) for g in list(history)[-8:])
-    if median > 0 and last > 10 * median:
+    if median > 0 and last > EXPLOSION_FACTOR * median:
         return [f"exploding gradient: total gradient norm of the last iterations {shown} "
-                f"(last {_fmt(last / median)}x the median); lower SOLVER.BASE_LR, lengthen "
-                "SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS"]
+                f"(last {_fmt(last / median)}x the median of the ones before); lower "
+                "SOLVER.BASE_LR, lengthen SOLVER.WARMUP_ITERS or enable SOLVER.CLIP_GRADIENTS"]
     return [f"gradient norm of the last iterations: {shown} (no explosion)"]
 
 
@@ -271,6 +286,25 @@ class NonFiniteWatch(HookBase):
             return None
 
 
+def saved_config(path: str, data: Optional[Dict] = None, opts: Sequence[str] = ()):
+    """
+    The training config saved in a replay file (see :class:`NonFiniteWatch`), with ``opts``
+    (KEY VALUE pairs) merged.
+    """
+    from ..config import ConfigError, add_retina_config, merge_overrides
+    from detectron2.config import get_cfg
+
+    if data is None:
+        data = torch.load(path, map_location="cpu", weights_only=False)
+    if not data.get("cfg"):
+        raise ConfigError(f"{path}: no config saved in it; give the training config (--config-file)")
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    cfg.merge_from_other_cfg(cfg.load_cfg(data["cfg"]))
+    merge_overrides(cfg, opts, "command line")
+    return cfg
+
+
 def replay(path: str, cfg=None):
     """
     Re-run the saved step: rebuild the model from the saved config (or ``cfg``), load the saved
@@ -279,18 +313,11 @@ def replay(path: str, cfg=None):
     Returns ``(loss_dict, grad_norm, findings)``: the loss terms (floats), the total gradient
     norm and :func:`describe_batch`'s findings.
     """
-    from detectron2.config import get_cfg
     from detectron2.modeling import build_model
-
-    from .config import add_retina_config
 
     data = torch.load(path, map_location="cpu", weights_only=False)
     if cfg is None:
-        if not data.get("cfg"):
-            raise ValueError(f"{path}: no config saved in it; pass the training config")
-        cfg = get_cfg()
-        add_retina_config(cfg)
-        cfg.merge_from_other_cfg(cfg.load_cfg(data["cfg"]))
+        cfg = saved_config(path, data)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = "cpu"

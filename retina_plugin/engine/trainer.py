@@ -15,11 +15,11 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from ..data.mapper import CheckedDatasetMapper
+from ..modeling import FocalRetinaNetWithTTA
 from .checkpoint import AtomicDetectionCheckpointer
-from .data.mapper import CheckedDatasetMapper
-from .diagnostics import NonFiniteWatch
-from .metrics import drop_records_from
-from .modeling import FocalRetinaNetWithTTA
+from .metrics_json import drop_records_from
+from .nonfinite_diagnosis import NonFiniteWatch
 from .optimizer import build_optimizer
 
 __all__ = ["Trainer"]

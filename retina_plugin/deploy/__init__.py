@@ -1,0 +1,3 @@
+"""
+Deployment: export of a trained FocalRetinaNet to TorchScript and ONNX.
+"""

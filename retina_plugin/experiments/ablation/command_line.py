@@ -1,0 +1,126 @@
+"""
+The command line of ``tools/ablate.py``: train + evaluate a config under a grid of settings
+and/or named variants, several seeds each, resumably; writes results.md / .json / .png.
+"""
+import argparse
+import os
+import re
+import sys
+import time
+from typing import List, Optional, Sequence, Tuple
+
+from .report import results_markdown, summarize, write_results
+from .runner import run_sweep, worker
+from .settings import AblationError, build_settings, parse_grid, parse_variant, prepare
+
+__all__ = ["argument_parser", "main"]
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Train + evaluate a config under a grid of settings / named variants, several "
+        "seeds each; write results.md, results.json and results.png. A killed sweep resumes.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="example:\n  python tools/ablate.py --config-file configs/demo_R18_cpu.yaml \\\n"
+        "    --grid MODEL.RETINANET.FOCAL_LOSS_GAMMA=0,1,2 MODEL.RETINANET.FOCAL_LOSS_ALPHA=.25,.75 \\\n"
+        "    --seeds 2 --output output/ablation SOLVER.MAX_ITER 300",
+    )
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
+                        help="config keys and their values; the sweep takes their cartesian product")
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
+                        help="a named setting compared with the base config (repeatable; several keys allowed)")
+    parser.add_argument("--no-base", action="store_true",
+                        help="with --variant: do not also run the unchanged base config")
+    parser.add_argument("--seeds", type=int, default=1, help="runs per setting, with SEED 0..N-1")
+    parser.add_argument("--output", default="output/ablation", metavar="DIR")
+    parser.add_argument("--num-gpus", type=int, default=1,
+                        help="processes per run (detectron2's launch; on CPU: gloo processes)")
+    parser.add_argument("--jobs", type=int, default=1,
+                        help="runs at once (e.g. several small runs on one GPU); each gets cpu_count / jobs threads")
+    parser.add_argument("--dry-run", action="store_true", help="check and list the settings, train nothing")
+    parser.add_argument("--report", action="store_true",
+                        help="write results.md/json/png from the runs finished so far, train nothing")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="overrides of the base config, as for train_net.py")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = argument_parser().parse_args(argv)
+    if args.worker:
+        worker(args)
+        return 0
+    try:
+        if args.seeds < 1:
+            raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
+        if args.jobs < 1:
+            raise AblationError(f"--jobs must be >= 1, got {args.jobs}")
+        # nargs="+" also swallows the trailing KEY VALUE overrides: they are the tokens
+        # without "=" at the end of --grid / --variant.
+        grid_items, trailing = _split_trailing_opts(args.grid)
+        opts = trailing
+        variant_tokens = []
+        for tokens in args.variant:
+            head, trailing = _split_trailing_opts(tokens[1:])
+            variant_tokens.append(tokens[:1] + head)
+            opts += trailing
+        opts += list(args.opts)
+        grid = parse_grid(grid_items)
+        variants = [parse_variant(tokens) for tokens in variant_tokens]
+        if not grid and not variants:
+            raise AblationError("nothing to compare: give --grid KEY=V1,V2 and/or --variant NAME KEY=VALUE")
+        settings = build_settings(grid, variants, include_base=not args.no_base)
+        base_opts = prepare(args.config_file, opts, settings)
+    except AblationError as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        return 2
+    seeds = list(range(args.seeds))
+    print(f"{len(settings)} settings x {len(seeds)} seeds = {len(settings) * len(seeds)} runs in {args.output}/runs/")
+    for s in settings:
+        print(f"  {s.name}: {' '.join(s.opts) or '(base config)'}")
+    if args.dry_run:
+        return 0
+    os.makedirs(args.output, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        results = run_sweep(
+            args.config_file, settings, args.output, seeds, base_opts, args.num_gpus, train=not args.report,
+            jobs=args.jobs,
+        )
+    except AblationError as e:
+        print(f"ablate: error: {e}", file=sys.stderr)
+        return 2
+    rows = summarize(settings, results)
+    info = {
+        "config_file": args.config_file,
+        "command": "python tools/ablate.py " + " ".join(_quote(a) for a in argv),
+        "opts": base_opts,
+        "grid": [[k, v] for k, v in grid],
+        "variants": [[n, [list(p) for p in o]] for n, o in variants],
+        "seeds": seeds,
+        "wall_seconds_this_call": time.perf_counter() - start,
+    }
+    paths = write_results(rows, args.output, info)
+    print(results_markdown(rows))
+    print(f"Wrote {paths['md']}, {paths['json']}, {paths['png']}")
+    return 0
+
+
+def _split_trailing_opts(tokens: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """
+    ``["A=1,2", "B=3", "SOLVER.MAX_ITER", "300"]`` -> ``(["A=1,2", "B=3"], ["SOLVER.MAX_ITER", "300"])``.
+    """
+    tokens = list(tokens)
+    for i, token in enumerate(tokens):
+        if "=" not in token:
+            return tokens[:i], tokens[i:]
+    return tokens, []
+
+
+def _quote(arg: str) -> str:
+    return arg if re.fullmatch(r"[A-Za-z0-9_./=,:+-]+", arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
