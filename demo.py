@@ -6,6 +6,8 @@ Run a trained FocalRetinaNet on images or a video and save the detections drawn 
         --output predictions/ --opts MODEL.WEIGHTS output/demo/model_final.pth
     python demo.py --config-file configs/retina_R50.yaml --video-input clip.mp4 \
         --output clip_detections.mp4 --opts MODEL.WEIGHTS model_final.pth
+    python demo.py --config-file configs/demo_R18_cpu.yaml --engine engines/demo_int8 \
+        --input photos/ --output predictions/          # a deployment engine (tools/export_model.py)
 """
 import argparse
 import os
@@ -20,6 +22,7 @@ from detectron2.utils.logger import setup_logger
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
 from retina_plugin.data import register_datasets_from_config
 from retina_plugin.data.mapper import UnreadableImageError, read_image_checked
+from retina_plugin.deploy import EnginePredictor
 from retina_plugin.engine.defaults import setup_config, setup_logging, setup_process
 from retina_plugin.visualization import draw_detections, expand_image_inputs
 
@@ -45,6 +48,8 @@ def get_parser():
     parser.add_argument("--confidence-threshold", type=float, default=0.5,
                         help="minimum score of the detections drawn")
     parser.add_argument("--scale", type=float, default=1.0, help="scale of the drawn images")
+    parser.add_argument("--engine", metavar="DIR",
+                        help="predict with this deployment engine (tools/export_model.py) instead of MODEL.WEIGHTS")
     parser.add_argument("--opts", default=[], nargs=argparse.REMAINDER,
                         help="config KEY VALUE pairs, e.g. MODEL.WEIGHTS model_final.pth")
     return parser
@@ -127,9 +132,12 @@ def main(argv=None):
     logger = setup_logger(name="retina_plugin.demo")
     setup_logging()
     cfg = setup_cfg(args)
-    if not cfg.MODEL.WEIGHTS:
-        logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")
-    predictor = DefaultPredictor(cfg)
+    if args.engine:
+        predictor = EnginePredictor(cfg, args.engine)
+    else:
+        if not cfg.MODEL.WEIGHTS:
+            logger.warning("MODEL.WEIGHTS is empty: predicting with an untrained model")
+        predictor = DefaultPredictor(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "__unused")
     if args.input:
         written = run_on_images(args, cfg, predictor, metadata)

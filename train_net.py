@@ -5,6 +5,7 @@ Train and evaluate FocalRetinaNet with detectron2's standard command line:
     python train_net.py --config-file configs/retina_R50.yaml --num-gpus 8
     python train_net.py --config-file configs/retina_R50.yaml --eval-only MODEL.WEIGHTS model.pth
     python train_net.py --config-file configs/demo_R18_cpu.yaml          # CPU, built-in data
+    python train_net.py --config-file configs/demo_R18_cpu.yaml --eval-only --engine engines/demo_int8
 
 Custom datasets without Python (see retina_plugin/data/register.py):
 
@@ -20,6 +21,7 @@ from detectron2.evaluation import verify_results
 from detectron2.utils import comm
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
+from retina_plugin.deploy import build_engine_model
 from retina_plugin.engine.checkpoint import AtomicDetectionCheckpointer
 from retina_plugin.engine.defaults import setup_config, setup_process, setup_run
 from retina_plugin.engine.trainer import Trainer
@@ -37,6 +39,11 @@ def setup(args):
 def main(args):
     setup_process()
     cfg = setup(args)
+    if args.engine:
+        if not args.eval_only:
+            raise SystemExit("train_net.py: --engine evaluates an engine; it needs --eval-only")
+        # COCOEvaluator's AP of the engine, behind the model's own pre- and post-processing.
+        return Trainer.test(cfg, build_engine_model(cfg, args.engine))
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = AtomicDetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -71,6 +78,10 @@ def argument_parser():
     parser.add_argument(
         "--register-voc", nargs=3, action="append", metavar=("NAME", "DIRNAME", "SPLIT"),
         help="register a Pascal VOC-style folder (repeatable); same as DATASETS.REGISTER.VOC",
+    )
+    parser.add_argument(
+        "--engine", metavar="DIR",
+        help="with --eval-only: evaluate this deployment engine (tools/export_model.py) instead of MODEL.WEIGHTS",
     )
     parser.add_argument(
         "--voc-class-names", default="", metavar="A,B,C",

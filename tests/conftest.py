@@ -40,3 +40,35 @@ def _datasets_in_tmp(tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+# A tiny model trained for real (a few hundred images seen), shared by the deployment and
+# batch-prediction tests: AP is well above zero, so an AP drop is measurable.
+TRAINED_TINY_OPTS = [
+    "SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.002", "SOLVER.WEIGHT_DECAY", "0.05",
+    "SOLVER.MAX_ITER", "120", "SOLVER.STEPS", "(100,)", "SOLVER.WARMUP_ITERS", "20",
+    "SOLVER.IMS_PER_BATCH", "4", "TEST.EVAL_PERIOD", "0", "SOLVER.CHECKPOINT_PERIOD", "100000",
+    "MODEL.ANCHOR_GENERATOR.SIZES", "[[16], [32], [64], [128], [256]]",
+    "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+    "DATASETS.TRAIN", "('tiny_shapes_train',)", "DATASETS.TEST", "('tiny_shapes_val',)",
+]
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """(cfg, weights path): the tiny config trained on 48 shapes images, validated on 24."""
+    from retina_plugin.data import register_coco_json
+    from retina_plugin.data.shapes import generate_shapes_split
+    from retina_plugin.engine.trainer import Trainer
+
+    root = tmp_path_factory.mktemp("tiny_shapes")
+    for split, count, seed in (("train", 48, 21), ("val", 24, 22)):
+        json_file = generate_shapes_split(str(root / split), count, seed=seed, image_size=128)
+        register_coco_json(f"tiny_shapes_{split}", json_file, str(root / split))
+    output = root / "output"
+    cfg = load_cfg(opts=[*TRAINED_TINY_OPTS, "OUTPUT_DIR", str(output)])
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    cfg.MODEL.WEIGHTS = str(output / "model_final.pth")
+    return cfg, cfg.MODEL.WEIGHTS

@@ -20,9 +20,12 @@ training steps under float16 autocast (detectron2's AMPTrainer does the same).
 """
 import argparse
 import json
+import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -30,11 +33,14 @@ import torch
 import retina_plugin  # noqa: F401
 from retina_plugin.config import load_config
 from retina_plugin.engine.allocator import allocator_setting, configure_allocator
+from retina_plugin.deploy import build_engine_model
 from retina_plugin.experiments.speed_benchmark import (
     LOSSES,
     MODELS,
     SHORT,
+    build_benchmark_engines,
     build_models,
+    engine_variants,
     conv_gflops_per_s,
     loss_runners,
     make_inputs,
@@ -56,6 +62,15 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="float16 autocast for models and training steps (cuda)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--engines", action="store_true",
+                        help="also time the deployment engines present on this machine (ONNX Runtime, OpenVINO; "
+                        "TensorRT with --device cuda) against eager mode")
+    parser.add_argument("--engines-only", action="store_true", help="only the engines table")
+    parser.add_argument("--throughput-batch", type=int, default=8, help="engines table: images per call for img/s")
+    parser.add_argument("--throughput-repeats", type=int, default=2, help="engines table: timed batched calls")
+    parser.add_argument("--ap-weights", metavar="FILE",
+                        help="engines table: trained weights of --ap-config, for an AP column on its DATASETS.TEST")
+    parser.add_argument("--ap-config", default="configs/demo_R18_cpu.yaml", metavar="FILE")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)  # internal: (kind, name)
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config KEY VALUE pairs")
     return parser.parse_args(argv)
@@ -76,6 +91,12 @@ def measure_in_this_process(args, kind, name):
     """Peak RSS growth (MB) of one call, printed for the parent process."""
     if kind == "loss":
         run = loss_runners(args.loss_anchors)[name]
+    elif kind == "engine":
+        cfg = load_cfg(args)
+        model = build_engine_model(cfg, name)
+        inputs = make_inputs(args.size, 1, cfg.MODEL.RETINANET.NUM_CLASSES)
+        run = lambda: model(inputs)  # noqa: E731
+        torch.set_grad_enabled(False)
     else:
         cfg = load_cfg(args)
         model = build_models(cfg, args.size, [name])[name]
@@ -93,6 +114,83 @@ def peak_mb(argv, kind, name):
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
 
 
+def engine_ap(args, variants, workdir):
+    """{row: AP} of the --ap-config model (eager and each engine) on its DATASETS.TEST[0]."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from retina_plugin.data import register_datasets_from_config
+    from retina_plugin.deploy.verification import calibration_batches, evaluate_ap
+
+    cfg = load_config(args.ap_config, ["MODEL.WEIGHTS", args.ap_weights, "MODEL.DEVICE", "cpu"])
+    register_datasets_from_config(cfg)
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(args.ap_weights)
+    dataset = cfg.DATASETS.TEST[0]
+    # Calibrated on training images: the AP is on images calibration never saw.
+    calibration, _ = calibration_batches(model, cfg, cfg.DATASETS.TRAIN[0], 64)
+    size = (cfg.INPUT.MAX_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
+    folders = build_benchmark_engines(model, cfg, size, os.path.join(workdir, "ap"), calibration, variants)
+    ap = {"eager": evaluate_ap(model, cfg, dataset, os.path.join(workdir, "ap_eager"))["AP"]}
+    for name, folder in folders.items():
+        ap[name] = evaluate_ap(build_engine_model(cfg, folder), cfg, dataset, os.path.join(workdir, f"ap_{name}"))["AP"]
+    return ap, dataset
+
+
+def engines_section(args, memory_argv):
+    """The engines table: eager rows and one row per engine, batch 1 and batched."""
+    cfg = load_cfg(args)
+    size = tuple(args.size)
+    variants = engine_variants(args.device)
+    models = build_models(cfg, size, [MODELS[0], MODELS[2]])
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    one = make_inputs(size, 1, num_classes)
+    batch = make_inputs(size, args.throughput_batch, num_classes, seed=1)
+    workdir = tempfile.mkdtemp(prefix="engines-")
+    log(f"building {len(variants)} engines in {workdir}")
+    with torch.no_grad():
+        calibration = [models[MODELS[0]].eval().preprocess_image([x]).tensor for x in make_inputs(size, 8, num_classes, seed=2)]
+    folders = build_benchmark_engines(models[MODELS[0]], cfg, size, workdir, calibration, variants,
+                                      max_batch=args.throughput_batch)
+    rows = {"detectron2 RetinaNet (eager fp32)": models[MODELS[2]].eval(),
+            "FocalRetinaNet fast path (eager fp32)": models[MODELS[0]].eval()}
+    rows.update({name: build_engine_model(cfg, folder) for name, folder in folders.items()})
+    torch.set_grad_enabled(False)
+    log("timing batch 1")
+    single, _ = time_interleaved({n: (lambda m=m: m(one)) for n, m in rows.items()}, args.repeats, args.device)
+    log(f"timing batch {args.throughput_batch}")
+    batched, _ = time_interleaved({n: (lambda m=m: m(batch)) for n, m in rows.items()}, args.throughput_repeats,
+                                  args.device)
+    torch.set_grad_enabled(True)
+    memory = {}
+    if not args.no_model_memory and torch.device(args.device).type == "cpu":
+        log("peak memory, one subprocess per row")
+        memory[list(rows)[0]] = peak_mb(memory_argv, "inference", MODELS[2])
+        memory[list(rows)[1]] = peak_mb(memory_argv, "inference", MODELS[0])
+        memory.update({n: peak_mb(memory_argv, "engine", folder) for n, folder in folders.items()})
+    ap, ap_dataset = engine_ap(args, variants, workdir) if args.ap_weights else ({}, None)
+    ap_rows = {list(rows)[0]: ap.get("eager"), list(rows)[1]: ap.get("eager"), **ap}
+    ms = {n: statistics.median(t) for n, t in single.items()}
+    base = ms[list(rows)[0]]
+    print(f"\nEngines: {args.config_file} (random weights), {size[0]}x{size[1]}, CPU threads "
+          f"{torch.get_num_threads()}, glibc {allocator_setting()}; batch 1 ({args.repeats} runs) and batch "
+          f"{args.throughput_batch} ({args.throughput_repeats} runs), interleaved"
+          + (f"; AP: {args.ap_config} with {args.ap_weights} on {ap_dataset}" if ap else "") + "\n")
+    print(f"| model | ms/img, batch 1 | vs detectron2 | img/s, batch {args.throughput_batch} | peak MB, batch 1 | AP |")
+    print("|---|---|---|---|---|---|")
+    figures = {}
+    for name in rows:
+        img_s = args.throughput_batch * 1000 / statistics.median(batched[name])
+        peak = memory.get(name)
+        ap_value = ap_rows.get(name)
+        print(f"| {name} | {ms[name]:.1f} | {ms[name] / base:.2f}x | {img_s:.1f} | "
+              f"{'-' if peak is None else f'{peak:.0f}'} | {'-' if ap_value is None else f'{ap_value:.1f}'} |")
+        figures[name] = {"ms": ms[name], "img_s": img_s, "peak_mb": peak, "ap": ap_value}
+    shutil.rmtree(workdir, ignore_errors=True)
+    return {name: figures[name] for name in folders}, {
+        "RetinaNet": figures[list(rows)[0]], "FocalRetinaNet": figures[list(rows)[1]]}
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -104,6 +202,16 @@ def main(argv=None):
     if "--json" in memory_argv:
         i = memory_argv.index("--json")
         del memory_argv[i:i + 2]
+    for flag in ("--engines", "--engines-only"):
+        if flag in memory_argv:
+            memory_argv.remove(flag)
+    if args.engines_only:
+        engines, eager = engines_section(args, memory_argv)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"size": list(args.size), "config": args.config_file, "allocator": allocator_setting(),
+                           "engines": engines, "eager": eager}, f, indent=2)
+        return None
 
     cfg = load_cfg(args)
     size = tuple(args.size)
@@ -186,6 +294,7 @@ def main(argv=None):
         mem_text = f"{mem:.0f} | {mem / memory['torchvision']:.2f}x" if mem is not None else "- | -"
         print(f"| {name} | {loss_median[name]:.2f} | {loss_median[name] / loss_median['torchvision']:.2f}x | {mem_text} |")
 
+    engines = engines_section(args, memory_argv)[0] if args.engines else None
     if args.json:
         figures = {
             "size": list(size),
@@ -205,6 +314,8 @@ def main(argv=None):
             "model_gflop": gflops,
             "floor_ms": floor_ms,
         }
+        if engines is not None:
+            figures["engines"] = engines
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=2)
 

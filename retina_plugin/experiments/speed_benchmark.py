@@ -29,6 +29,9 @@ __all__ = [
     "loss_runners",
     "conv_gflops_per_s",
     "model_gflops",
+    "ENGINE_VARIANTS",
+    "engine_variants",
+    "build_benchmark_engines",
 ]
 
 MODELS = ["FocalRetinaNet (fast path)", "FocalRetinaNet (reference path)", "detectron2 RetinaNet", "torchvision retinanet_resnet50_fpn"]
@@ -223,3 +226,43 @@ def model_gflops(model, size):
     analysis = FlopCountAnalysis(BackboneAndHead(model).eval(), torch.randn(1, 3, *size, device=device))
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
     return 2 * analysis.total() / 1e9
+
+
+# Deployment engines the benchmark builds, where their backend runs (see engine_variants).
+ENGINE_VARIANTS = (
+    ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
+    ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"),
+    ("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8"),
+)
+
+
+def engine_variants(device: str = "cpu"):
+    """The (backend, precision) pairs of ENGINE_VARIANTS this machine runs for ``device``."""
+    from ..deploy.engines import available_backends
+
+    backends = set(available_backends())
+    on_gpu = torch.device(device).type == "cuda"
+    wanted = {"tensorrt"} if on_gpu else {"onnxruntime", "openvino"}
+    return [(b, p) for b, p in ENGINE_VARIANTS if b in backends & wanted]
+
+
+def build_benchmark_engines(model, cfg, size, workdir: str, calibration, variants, max_batch: int = 8):
+    """
+    Build each (backend, precision) engine of ``model`` into ``workdir`` for inputs up to
+    ``size`` (padded to 32) and ``max_batch`` images; int8 calibrated on ``calibration``
+    (normalized, padded batches). Returns {"<backend>-<precision>": folder}.
+    """
+    import os
+
+    from ..deploy.build import build_engine
+    from ..deploy.engines import InputProfile
+
+    padded = [-(-s // 32) * 32 for s in size]
+    folders = {}
+    for backend, precision in variants:
+        name = f"{backend}-{precision}"
+        folder = os.path.join(workdir, name)
+        build_engine(model, cfg, folder, backend, precision, InputProfile(max_batch, (32, 32), padded),
+                     calibration if precision == "int8" else None)
+        folders[name] = folder
+    return folders

@@ -77,9 +77,10 @@ def _train_and_evaluate(args) -> None:
     """
     from detectron2.utils import comm
 
-    from ...engine.defaults import setup_config, setup_run
+    from ...engine.defaults import setup_config, setup_process, setup_run
     from ...engine.trainer import Trainer
 
+    setup_process()
     cfg = setup_config(args.config_file, args.opts)
     setup_run(cfg, argparse.Namespace(config_file=args.config_file, eval_only=False, opts=args.opts))
     # The opts without SEED / OUTPUT_DIR: what identifies the setting when resuming.

@@ -1,0 +1,204 @@
+"""
+Prediction over a collection, in each process that detectron2's ``launch`` starts: this
+rank's share of the items, decoded and resized in DataLoader workers, run through the model
+(eager fast path or an engine) in batches, each finished batch written as a chunk (see
+:mod:`retina_plugin.prediction.shards`); rank 0 merges and summarizes.
+
+Images are batched only with images of the same resized size: a batch pads its images to a
+common size, and the padding would change the features near the right and bottom edges of
+the smaller ones. So every image gets DefaultPredictor's detections (as sets), whatever the
+batch size.
+"""
+import logging
+import os
+import time
+from collections import OrderedDict
+from typing import Dict, List, Sequence
+
+import cv2
+import torch
+import tqdm
+from torch.utils.data import DataLoader
+
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.utils import comm
+
+from ..data.mapper import read_image_checked
+from ..visualization import draw_detections
+from .shards import ShardWriter, detection_record, finished_keys, merge_shards, remove_orphan_chunks
+from .sources import ImageFiles, PredictionSource, VideoFrames
+
+__all__ = ["shard_items", "predict_on_rank", "finish", "draw_video"]
+
+logger = logging.getLogger(__name__)
+
+
+def shard_items(items: Sequence[Dict], rank: int, world_size: int) -> List[Dict]:
+    """Rank ``rank``'s contiguous share of ``items`` (sizes differ by at most one)."""
+    per_rank, extra = divmod(len(items), world_size)
+    start = rank * per_rank + min(rank, extra)
+    return list(items[start: start + per_rank + (1 if rank < extra else 0)])
+
+
+def _class_info(cfg):
+    names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
+    metadata = MetadataCatalog.get(names[0]) if names else None
+    classes = list(metadata.get("thing_classes", [])) if metadata else []
+    num_classes = cfg.MODEL.RETINANET.NUM_CLASSES
+    classes = classes if len(classes) == num_classes else [str(i) for i in range(num_classes)]
+    mapping = metadata.get("thing_dataset_id_to_contiguous_id", None) if metadata else None
+    if mapping and len(mapping) == num_classes:
+        reverse = {v: k for k, v in mapping.items()}
+        category_ids = [reverse[i] for i in range(num_classes)]
+    else:
+        category_ids = list(range(1, num_classes + 1))
+    return classes, category_ids
+
+
+def _drawn_path(output_dir: str, item: Dict) -> str:
+    stem = os.path.splitext(os.path.basename(item["file_name"]))[0]
+    return os.path.join(output_dir, "drawn", f"{stem}_{item['image_id']}.png")
+
+
+def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch_size: int = 8,
+                    num_workers: int = 2, resume: bool = False, draw: bool = False) -> Dict:
+    """
+    Predict this rank's share of ``source`` into ``output_dir``; returns this rank's counts.
+    Without ``resume`` the output folder must hold no earlier results.
+    """
+    rank, world_size = comm.get_rank(), comm.get_world_size()
+    if rank == 0:
+        if resume:
+            removed = remove_orphan_chunks(output_dir)
+            if removed:
+                logger.info(f"Resuming: removed {len(removed)} chunk(s) written after the last manifest update")
+        elif finished_keys(output_dir):
+            raise FileExistsError(
+                f"{output_dir} holds results of an earlier run: give --resume to finish it, or "
+                "another --output"
+            )
+    comm.synchronize()
+    done = finished_keys(output_dir) if resume else set()
+    mine = [item for item in shard_items(source.items, rank, world_size) if item["key"] not in done]
+    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    if source.kind == "video":
+        dataset = VideoFrames(source.video, mine, resize, cfg.INPUT.FORMAT)
+        num_workers = min(num_workers, 1)  # one reader: frames come in order
+    else:
+        dataset = ImageFiles(mine, resize, cfg.INPUT.FORMAT)
+    loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                        prefetch_factor=2 * batch_size if num_workers else None)
+    class_names, _ = _class_info(cfg)
+    writer = ShardWriter(output_dir, rank)
+    groups: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
+    pending: List[Dict] = []
+    counts = {"images": 0, "unreadable": 0, "skipped_as_done": len(shard_items(source.items, rank, world_size)) - len(mine)}
+    bar = tqdm.tqdm(total=len(mine), unit="img", desc="predict", disable=rank != 0, smoothing=0.1)
+    start = time.perf_counter()
+
+    def run(batch: List[Dict]) -> None:
+        with torch.no_grad():
+            outputs = model(batch)
+        records = []
+        for item, output in zip(batch, outputs):
+            instances = output["instances"].to("cpu")
+            records.append(detection_record(item, instances, class_names))
+            if draw and source.kind != "video":
+                image = read_image_checked(item["file_name"], format="BGR")
+                path = _drawn_path(output_dir, item)
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                cv2.imwrite(path, draw_detections(image, instances, MetadataCatalog.get(
+                    (cfg.DATASETS.TEST or ["__unused"])[0])))
+        writer.write(pending + records)
+        counts["images"] += len(batch)
+        bar.update(len(batch) + len(pending))
+        pending.clear()
+
+    for item in loader:
+        if "error" in item:
+            logger.warning(f"Skipped an unreadable input: {item['error']}")
+            pending.append({k: item[k] for k in ("key", "image_id", "file_name", "error")})
+            counts["unreadable"] += 1
+            continue
+        shape = tuple(item["image"].shape)
+        groups.setdefault(shape, []).append(item)
+        if len(groups[shape]) == batch_size:
+            run(groups.pop(shape))
+    for batch in groups.values():
+        run(batch)
+    if pending:
+        writer.write(pending)
+        bar.update(len(pending))
+        pending.clear()
+    bar.close()
+    counts["seconds"] = time.perf_counter() - start
+    return counts
+
+
+def draw_video(output_dir: str, source: PredictionSource, metadata, as_frames: bool = False) -> str:
+    """Draw the merged predictions over the video's frames: an mp4, or PNG frames."""
+    import json
+
+    with open(os.path.join(output_dir, "predictions.jsonl")) as f:
+        by_frame = {r["frame"]: r for r in map(json.loads, f) if "error" not in r}
+    from detectron2.structures import Boxes, Instances
+
+    video = cv2.VideoCapture(source.video)
+    fps = video.get(cv2.CAP_PROP_FPS) or 25.0
+    stem = os.path.splitext(os.path.basename(source.video))[0]
+    folder = os.path.join(output_dir, "drawn")
+    os.makedirs(folder, exist_ok=True)
+    target = os.path.join(folder, stem if as_frames else f"{stem}.mp4")
+    writer, frame = None, 0
+    while True:
+        ok, image = video.read()
+        if not ok:
+            break
+        record = by_frame.get(frame)
+        instances = Instances(image.shape[:2])
+        if record:
+            instances.pred_boxes = Boxes(torch.tensor(record["boxes_xyxy"], dtype=torch.float32).reshape(-1, 4))
+            instances.scores = torch.tensor(record["scores"], dtype=torch.float32)
+            instances.pred_classes = torch.tensor(record["classes"], dtype=torch.int64)
+        else:
+            instances.pred_boxes = Boxes(torch.zeros(0, 4))
+            instances.scores = torch.zeros(0)
+            instances.pred_classes = torch.zeros(0, dtype=torch.int64)
+        drawn = draw_detections(image, instances, metadata)
+        if as_frames:
+            os.makedirs(target, exist_ok=True)
+            cv2.imwrite(os.path.join(target, f"{frame:06d}.png"), drawn)
+        else:
+            if writer is None:
+                writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*"mp4v"), fps, (drawn.shape[1], drawn.shape[0]))
+            writer.write(drawn)
+        frame += 1
+    video.release()
+    if writer is not None:
+        writer.release()
+    return target
+
+
+def finish(cfg, source: PredictionSource, output_dir: str, counts: Sequence[Dict], wall_seconds: float,
+           draw: bool = False, video_as_frames: bool = False) -> Dict:
+    """Rank 0, after every rank is done: merge, write summary.json, draw the video."""
+    import json
+
+    from ..engine.checkpoint import atomic_write
+
+    _, category_ids = _class_info(cfg)
+    predicted, unreadable = merge_shards(output_dir, source.items, category_ids)
+    summary = {
+        "inputs": len(source.items),
+        "predicted": predicted,
+        "unreadable": [{"file_name": r["file_name"], "error": r["error"]} for r in unreadable],
+        "this_run": {"images": sum(c["images"] for c in counts), "seconds": wall_seconds,
+                     "images_per_second": sum(c["images"] for c in counts) / max(wall_seconds, 1e-9),
+                     "ranks": len(counts), "skipped_as_done": sum(c["skipped_as_done"] for c in counts)},
+    }
+    atomic_write(os.path.join(output_dir, "summary.json"), lambda f: json.dump(summary, f, indent=1), mode="w")
+    if draw and source.kind == "video":
+        summary["drawn"] = draw_video(output_dir, source, MetadataCatalog.get((cfg.DATASETS.TEST or ["__unused"])[0]),
+                                      video_as_frames)
+    return summary

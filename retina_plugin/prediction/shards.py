@@ -1,0 +1,140 @@
+"""
+How tools/predict.py keeps its results safe: each rank writes every finished batch as its own
+chunk file (a temporary file renamed into place), then records the chunk in its manifest
+(rewritten the same way). A kill loses at most the batches in flight; a chunk written but not
+yet in the manifest is deleted on resume, so no image is ever recorded twice. Rank 0 merges
+every rank's chunks into one COCO results json and one JSON line per image.
+
+Layout under the output folder:
+    shards/rank<r>-<n>.jsonl     a chunk: one JSON line per image
+    shards/manifest-rank<r>.json the chunks of rank r and the keys they hold
+    predictions.jsonl            merged, one line per image, in input order
+    coco_results.json            merged COCO detection results (image_id, category_id, bbox, score)
+    images.json                  the COCO "images" entries (id, file_name, width, height)
+    summary.json                 counts, unreadable inputs, time
+"""
+import glob
+import json
+import os
+import re
+from typing import Dict, Iterable, List, Sequence, Set, Tuple
+
+from ..engine.checkpoint import INCOMPLETE_SUFFIX, atomic_write
+
+__all__ = ["ShardWriter", "finished_keys", "remove_orphan_chunks", "merge_shards", "detection_record"]
+
+SHARDS = "shards"
+_CHUNK = re.compile(r"rank(\d+)-(\d+)\.jsonl$")
+
+
+def _write_json(path: str, data) -> None:
+    atomic_write(path, lambda f: json.dump(data, f), mode="w")
+
+
+def _manifests(output_dir: str) -> List[Dict]:
+    manifests = []
+    for path in sorted(glob.glob(os.path.join(output_dir, SHARDS, "manifest-rank*.json"))):
+        with open(path) as f:
+            manifests.append(json.load(f))
+    return manifests
+
+
+def finished_keys(output_dir: str) -> Set[str]:
+    """The keys of every image any rank has recorded (in a manifest) under ``output_dir``."""
+    return {key for m in _manifests(output_dir) for chunk in m["chunks"] for key in chunk["keys"]}
+
+
+def remove_orphan_chunks(output_dir: str) -> List[str]:
+    """
+    Delete chunk files no manifest names (written just before a kill) and stray temporary
+    files; returns what was deleted. Call it before any rank starts writing.
+    """
+    folder = os.path.join(output_dir, SHARDS)
+    named = {chunk["file"] for m in _manifests(output_dir) for chunk in m["chunks"]}
+    removed = []
+    for path in glob.glob(os.path.join(folder, "*")):
+        name = os.path.basename(path)
+        if name.endswith(INCOMPLETE_SUFFIX) or (_CHUNK.match(name) and name not in named):
+            os.remove(path)
+            removed.append(name)
+    return removed
+
+
+class ShardWriter:
+    """One rank's chunks and manifest."""
+
+    def __init__(self, output_dir: str, rank: int):
+        self.folder = os.path.join(output_dir, SHARDS)
+        os.makedirs(self.folder, exist_ok=True)
+        self.rank = rank
+        self.manifest_path = os.path.join(self.folder, f"manifest-rank{rank}.json")
+        self.manifest = {"rank": rank, "chunks": []}
+        if os.path.isfile(self.manifest_path):
+            with open(self.manifest_path) as f:
+                self.manifest = json.load(f)
+        self.next_index = 1 + max((int(_CHUNK.match(c["file"]).group(2)) for c in self.manifest["chunks"]),
+                                  default=-1)
+
+    def write(self, records: Sequence[Dict]) -> str:
+        """Write one chunk of per-image records (each with a "key"), then record it."""
+        if not records:
+            return ""
+        name = f"rank{self.rank}-{self.next_index:06d}.jsonl"
+        lines = "".join(json.dumps(r) + "\n" for r in records)
+        atomic_write(os.path.join(self.folder, name), lambda f: f.write(lines), mode="w")
+        self.manifest["chunks"].append({"file": name, "keys": [r["key"] for r in records]})
+        _write_json(self.manifest_path, self.manifest)
+        self.next_index += 1
+        return name
+
+
+def _chunk_records(output_dir: str) -> Iterable[Dict]:
+    folder = os.path.join(output_dir, SHARDS)
+    for manifest in _manifests(output_dir):
+        for chunk in manifest["chunks"]:
+            with open(os.path.join(folder, chunk["file"])) as f:
+                for line in f:
+                    yield json.loads(line)
+
+
+def detection_record(item: Dict, instances, class_names: Sequence[str]) -> Dict:
+    """
+    One image's JSON record: its key, id, file (and frame), original size, and detections as
+    XYXY and COCO XYWH boxes, scores, class ids and class names.
+    """
+    boxes = instances.pred_boxes.tensor.tolist()
+    classes = instances.pred_classes.tolist()
+    record = {k: item[k] for k in ("key", "image_id", "file_name", "frame") if k in item}
+    record.update(
+        height=item["height"], width=item["width"],
+        boxes_xyxy=[[round(v, 2) for v in b] for b in boxes],
+        boxes_xywh=[[round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)] for b in boxes],
+        scores=[round(s, 5) for s in instances.scores.tolist()],
+        classes=classes,
+        class_names=[class_names[c] if c < len(class_names) else str(c) for c in classes],
+    )
+    return record
+
+
+def merge_shards(output_dir: str, items: Sequence[Dict], category_ids: Sequence[int]) -> Tuple[int, List[Dict]]:
+    """
+    Merge every recorded chunk into predictions.jsonl, coco_results.json and images.json, in
+    the order of ``items``; each key once. ``category_ids[c]``: the COCO category id of
+    class c. Returns (images with predictions, records of unreadable inputs).
+    """
+    by_key: Dict[str, Dict] = {}
+    for record in _chunk_records(output_dir):
+        by_key.setdefault(record["key"], record)
+    ordered = [by_key[item["key"]] for item in items if item["key"] in by_key]
+    predicted = [r for r in ordered if "error" not in r]
+    unreadable = [r for r in ordered if "error" in r]
+    lines = "".join(json.dumps(r) + "\n" for r in ordered)
+    atomic_write(os.path.join(output_dir, "predictions.jsonl"), lambda f: f.write(lines), mode="w")
+    results = [
+        {"image_id": r["image_id"], "category_id": category_ids[c], "bbox": box, "score": score}
+        for r in predicted for box, score, c in zip(r["boxes_xywh"], r["scores"], r["classes"])
+    ]
+    _write_json(os.path.join(output_dir, "coco_results.json"), results)
+    images = [{k: r[k] for k in ("image_id", "file_name", "frame", "width", "height") if k in r} for r in predicted]
+    _write_json(os.path.join(output_dir, "images.json"), [dict(i, id=i.pop("image_id")) for i in images])
+    return len(predicted), unreadable

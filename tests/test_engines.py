@@ -1,0 +1,230 @@
+"""
+Deployment engines on a tiny trained model, for every CPU backend and precision: fp32 engines
+give eager mode's detections (as sets, alone and in batches, at several sizes), int8 engines
+lose a bounded AP, and every refusal names its reason: another backend version, too large an
+AP drop, a size outside the profile, a config that describes another model.
+"""
+import json
+
+import cv2
+import pytest
+import torch
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import DefaultPredictor
+from detectron2.modeling import build_model
+
+from retina_plugin.deploy import EngineError, EnginePredictor, InputProfile, build_engine_model, load_engine
+from retina_plugin.deploy.build import build_engine
+from retina_plugin.deploy.export_command import main as export_main
+from retina_plugin.deploy.verification import calibration_batches, compare_with_eager, mapped_test_images
+from retina_plugin.utils.detection_sets import detection_differences
+
+from .conftest import TINY_CONFIG, TRAINED_TINY_OPTS
+
+CPU_BACKENDS = [pytest.param("onnxruntime", id="onnxruntime"), pytest.param("openvino", id="openvino")]
+
+
+def _require(backend):
+    pytest.importorskip(backend, reason=f"needs {backend} (pip install -e .[deploy])")
+
+
+@pytest.fixture(scope="module")
+def eager(trained_tiny):
+    cfg, weights = trained_tiny
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    return cfg, model
+
+
+@pytest.fixture(scope="module")
+def fp32_engines(eager, tmp_path_factory):
+    cfg, model = eager
+    engines = {}
+    for backend in ("onnxruntime", "openvino"):
+        try:
+            __import__(backend)
+        except ImportError:
+            continue
+        folder = tmp_path_factory.mktemp(f"{backend}_fp32")
+        build_engine(model, cfg, str(folder), backend, "fp32", InputProfile(4, (32, 32), (256, 256)))
+        engines[backend] = str(folder)
+    return engines
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_fp32_engine_gives_eager_detections_alone_and_in_batches(eager, fp32_engines, backend):
+    _require(backend)
+    cfg, model = eager
+    engine_model = build_engine_model(cfg, fp32_engines[backend])
+    inputs = mapped_test_images(cfg, "tiny_shapes_val", 0, 4)
+    # Other sizes than the 128-px test resize: a non-square one and a larger one.
+    inputs.append(dict(inputs[0], image=torch.nn.functional.interpolate(
+        inputs[0]["image"][None].float(), size=(96, 160))[0]))
+    inputs.append(dict(inputs[1], image=torch.nn.functional.interpolate(
+        inputs[1]["image"][None].float(), size=(224, 200))[0]))
+    report = compare_with_eager(model, engine_model, inputs, batch_size=3)
+    assert sum(count for _, count, _ in report) > 0
+    assert all(not problems for _, _, problems in report), report
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_engine_predictor_is_default_predictor_with_an_engine(eager, fp32_engines, backend):
+    _require(backend)
+    cfg, _ = eager
+    image = cv2.resize(cv2.imread(mapped_test_images(cfg, "tiny_shapes_val", 2, 1)[0]["file_name"]), (150, 110))
+    expected = DefaultPredictor(cfg)(image)["instances"]
+    predictor = EnginePredictor(cfg, fp32_engines[backend])
+    actual = predictor(image)["instances"]
+    assert actual.image_size == (110, 150) and len(actual) > 0
+    assert detection_differences(expected, actual) == []
+    assert predictor.engine.backend == backend
+
+
+def test_refusals_name_their_reason(eager, fp32_engines, tmp_path):
+    _require("onnxruntime")
+    cfg, _ = eager
+    folder = fp32_engines["onnxruntime"]
+    # A size outside the profile (up to 256 x 256 here).
+    model = build_engine_model(cfg, folder)
+    with pytest.raises(EngineError, match=r"padded input 320 x 128 .* outside this engine's input profile"):
+        model([{"image": torch.zeros(3, 300, 128)}])
+    with pytest.raises(EngineError, match="batch of 5 images"):
+        model([{"image": torch.zeros(3, 64, 64)}] * 5)
+    # Another backend version.
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    metadata = json.loads(open(f"{folder}/engine.json").read())
+    for name in ("model.onnx",):
+        (moved / name).write_bytes(open(f"{folder}/{name}", "rb").read())
+    (moved / "engine.json").write_text(json.dumps(dict(metadata, backend_version="0.0.1")))
+    with pytest.raises(EngineError, match=r"was made with onnxruntime 0\.0\.1, and this machine has onnxruntime"):
+        load_engine(str(moved))
+    # A config that describes another model.
+    other = cfg.clone()
+    other.MODEL.RETINANET.NUM_CLASSES = 3
+    with pytest.raises(EngineError, match=r"MODEL.RETINANET.NUM_CLASSES: config 3, engine 4"):
+        EnginePredictor(other, folder)
+    with pytest.raises(EngineError, match="no engine.json"):
+        load_engine(str(tmp_path))
+
+
+@pytest.mark.parametrize("backend", CPU_BACKENDS)
+def test_int8_engine_loses_a_bounded_ap(eager, trained_tiny, backend, tmp_path, capsys):
+    _require(backend)
+    if backend == "openvino":
+        pytest.importorskip("nncf", reason="OpenVINO int8 needs nncf (pip install -e .[deploy])")
+    cfg, weights = trained_tiny
+    fmt = {"onnxruntime": "onnx", "openvino": "openvino"}[backend]
+    output = tmp_path / "int8"
+    export_main([
+        "--config-file", str(TINY_CONFIG), "--format", fmt, "--precision", "int8",
+        "--calibration-images", "16", "--output", str(output), *TRAINED_TINY_OPTS, "MODEL.WEIGHTS", weights,
+    ])
+    out = capsys.readouterr().out
+    assert "Calibrating on 16 images of tiny_shapes_train" in out
+    verification = json.loads((output / "engine.json").read_text())["verification"]
+    assert verification["passed"] and verification["images"] == 24
+    assert verification["eager"]["AP"] > 5  # a model that detects: the drop means something
+    assert verification["ap_drop"] <= 1.0, verification
+    engine = load_engine(str(output))
+    assert engine.precision == "int8"
+
+
+def test_too_large_an_ap_drop_fails_and_the_engine_will_not_load(trained_tiny, tmp_path):
+    _require("onnxruntime")
+    cfg, weights = trained_tiny
+    output = tmp_path / "refused"
+    # Calibrated on one image and asked to lose no AP at all (-1 AP allowed): refused.
+    with pytest.raises(SystemExit, match="FAILED its check against eager mode"):
+        export_main([
+            "--config-file", str(TINY_CONFIG), "--format", "onnx", "--precision", "int8",
+            "--calibration-images", "1", "--max-ap-drop", "-1", "--output", str(output),
+            *TRAINED_TINY_OPTS, "MODEL.WEIGHTS", weights,
+        ])
+    assert json.loads((output / "engine.json").read_text())["verification"]["passed"] is False
+    with pytest.raises(EngineError, match="failed its check against eager mode"):
+        load_engine(str(output))
+
+
+def test_export_tool_writes_an_fp32_engine_with_its_record(trained_tiny, tmp_path, capsys):
+    _require("onnxruntime")
+    cfg, weights = trained_tiny
+    output = tmp_path / "fp32"
+    export_main(["--config-file", str(TINY_CONFIG), "--format", "onnx", "--output", str(output),
+                 "--max-size", "256", "256", "--max-batch", "4", *TRAINED_TINY_OPTS, "MODEL.WEIGHTS", weights])
+    assert "passed its check against eager mode" in capsys.readouterr().out
+    metadata = json.loads((output / "engine.json").read_text())
+    assert metadata["backend"] == "onnxruntime" and metadata["precision"] == "fp32"
+    assert metadata["profile"] == {"max_batch": 4, "min_size": [32, 32], "max_size": [256, 256]}
+    assert metadata["source"]["weights"] == weights and len(metadata["source"]["weights_sha256"]) == 64
+    assert "FocalRetinaNet" in metadata["source"]["config"]
+    assert metadata["verification"]["passed"] and metadata["verification"]["checks"] == 8
+
+
+def test_unsupported_precision_and_missing_calibration_are_refused(eager, tmp_path):
+    _require("onnxruntime")
+    cfg, model = eager
+    with pytest.raises(EngineError, match="onnxruntime does not build fp16 engines here"):
+        build_engine(model, cfg, str(tmp_path), "onnxruntime", "fp16")
+    with pytest.raises(EngineError, match="needs calibration images"):
+        build_engine(model, cfg, str(tmp_path), "onnxruntime", "int8")
+
+
+def test_calibration_images_are_the_models_own_input(eager):
+    cfg, model = eager
+    batches, files = calibration_batches(model, cfg, "tiny_shapes_train", 3)
+    assert len(batches) == 3 and len(set(files)) == 3
+    first = mapped_test_images(cfg, "tiny_shapes_train", 0, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(batches[0], model.preprocess_image(first).tensor)
+    assert batches[0].shape[-1] % 32 == 0 and abs(float(batches[0].mean())) < 3  # normalized, padded
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_tensorrt_without_cuda_says_so(eager, tmp_path):
+    pytest.importorskip("tensorrt", reason="TensorRT is installed only where CUDA is")
+    cfg, model = eager
+    with pytest.raises(EngineError, match="no CUDA GPU"):
+        build_engine(model, cfg, str(tmp_path), "tensorrt", "fp16")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT engines need a CUDA GPU")
+def test_tensorrt_fp32_engine_gives_eager_detections(eager, tmp_path):
+    pytest.importorskip("tensorrt", reason="needs tensorrt")
+    cfg, model = eager
+    build_engine(model, cfg, str(tmp_path), "tensorrt", "fp32", InputProfile(4, (32, 32), (256, 256)))
+    engine_model = build_engine_model(cfg, str(tmp_path))
+    inputs = mapped_test_images(cfg, "tiny_shapes_val", 0, 4)
+    gpu_eager = build_model(cfg).to("cuda").eval()
+    gpu_eager.load_state_dict(model.state_dict())
+    report = compare_with_eager(gpu_eager, engine_model, inputs)
+    assert all(not problems for _, _, problems in report), report
+
+
+def test_speed_accuracy_curve_over_test_sizes(eager, fp32_engines, tmp_path):
+    _require("onnxruntime")
+    from retina_plugin.experiments.speed_accuracy import curve_markdown, plot_curve, scaled_config, speed_accuracy_curve
+
+    cfg, model = eager
+    scaled = scaled_config(cfg, 96)
+    assert (scaled.INPUT.MIN_SIZE_TEST, scaled.INPUT.MAX_SIZE_TEST) == (96, 96) and cfg.INPUT.MIN_SIZE_TEST == 128
+    models = {"eager": model, "onnxruntime fp32": build_engine_model(cfg, fp32_engines["onnxruntime"])}
+    messages = []
+    # The engine's profile stops at 256 px: at 288 it gets no point, and says why.
+    rows = speed_accuracy_curve(models, cfg, "tiny_shapes_val", [96, 160, 288], str(tmp_path), max_images=8,
+                                log=messages.append)
+    points = {(r["model"], r["size"]): r for r in rows}
+    assert set(points) == {("eager", 96), ("eager", 160), ("eager", 288), ("onnxruntime fp32", 96),
+                           ("onnxruntime fp32", 160)}
+    assert any("onnxruntime fp32 at 288: skipped" in m and "input profile" in m for m in messages)
+    for size in (96, 160):
+        # Same detections, so the same AP; larger inputs take longer.
+        assert points["eager", size]["AP"] == pytest.approx(points["onnxruntime fp32", size]["AP"], abs=1e-6)
+    assert points["eager", 288]["ms"] > points["eager", 96]["ms"]
+    assert points["eager", 160]["AP"] != points["eager", 96]["AP"]
+    table = curve_markdown(rows)
+    assert "| model | 96 px: ms / AP | 160 px: ms / AP | 288 px: ms / AP |" in table
+    assert [line for line in table.splitlines() if line.startswith("| onnxruntime fp32 |")][0].endswith("| - |")
+    plot_curve(rows, str(tmp_path / "curve.png"))
+    assert cv2.imread(str(tmp_path / "curve.png")) is not None
