@@ -13,8 +13,9 @@ setup(
     extras_require={
         "wheel": ["sal-detectron2==0.7.2", "setuptools<81"],
         "test": ["pytest", "hypothesis"],
-        # ONNX export and onnxruntime (tools/export_model.py --format onnx). ml-dtypes 0.6
-        # (an onnx dependency) needs numpy 2, which the detectron2 wheel does not allow.
-        "export": ["onnx", "onnxruntime", "ml-dtypes<0.6"],
+        # Export and the CPU deployment engines (tools/export_model.py): ONNX, ONNX Runtime,
+        # OpenVINO with NNCF for int8. ml-dtypes 0.6 (an onnx dependency) needs numpy 2, which
+        # the detectron2 wheel does not allow. TensorRT: pip install tensorrt on a CUDA machine.
+        "deploy": ["onnx", "onnxruntime", "ml-dtypes<0.6", "openvino==2026.4.1", "nncf==3.4.0"],
     },
 )

@@ -22,6 +22,7 @@ __all__ = [
     "add_retina_config",
     "load_config",
     "merge_overrides",
+    "config_value",
     "build_any_model",
     "model_weights",
     "test_resize",
@@ -206,6 +207,14 @@ def merge_overrides(cfg: CfgNode, opts: Sequence[str], where: str = "command lin
             raise ConfigError(f"{where}: bad value {value!r} for {key}: {e}") from None
         merged += [key, value]
     return merged
+
+
+def config_value(cfg, key: str):
+    """The value of a dotted key (``"MODEL.RETINANET.NUM_CLASSES"``) of a CfgNode."""
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
 
 
 def build_any_model(cfg):

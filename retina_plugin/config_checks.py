@@ -13,6 +13,8 @@ import math
 from numbers import Real
 from typing import Callable, Dict, List, Tuple
 
+from .config import config_value
+
 __all__ = [
     "DOMAINS",
     "check_value",
@@ -135,13 +137,6 @@ def check_value(key: str, value) -> None:
         raise ValueError(_message(key, value))
 
 
-def _lookup(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _registry_errors(cfg) -> List[str]:
     """Names that must be registered, looked up where the builders look them up."""
     from detectron2.modeling import BACKBONE_REGISTRY, META_ARCH_REGISTRY
@@ -161,7 +156,7 @@ def _registry_errors(cfg) -> List[str]:
     ]
     errors = []
     for registry, key, aliases in checks:
-        name = _lookup(cfg, key)
+        name = config_value(cfg, key)
         if aliases.get(name, name) not in registry:
             known = sorted(set(aliases) | {n for n, _ in registry})
             errors.append(f"{key} = {name!r}: expected one of the registered names {known}")
@@ -225,7 +220,7 @@ def config_errors(cfg, training: bool = True) -> List[str]:
             continue
         if key == "SOLVER.ADAMW_BETAS" and cfg.SOLVER.OPTIMIZER != "AdamW":
             continue
-        value = _lookup(cfg, key)
+        value = config_value(cfg, key)
         if not _in_domain(key, value):
             errors.append(_message(key, value))
     if training and cfg.SOLVER.CLIP_GRADIENTS.ENABLED:

@@ -44,7 +44,7 @@ def _export(model, method, tmp_path):
         return export.trace_model(model, sample)
     if method == "scripting":
         return export.script_model(model)
-    pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    pytest.importorskip("onnxruntime", reason="needs the [deploy] extra")
     path = str(tmp_path / "model.onnx")
     export.export_onnx(model, sample, path)
     return export.load_exported(path)
@@ -98,10 +98,10 @@ def test_export_rejects_a_training_model_and_bad_format(model, tmp_path):
         export.export_model(model, _image(64, 64, seed=0), str(tmp_path), "onnx", "scripting")
 
 
-@pytest.mark.parametrize("fmt", ["torchscript", "onnx"])
+@pytest.mark.parametrize("fmt", ["torchscript", "onnx-standalone"])
 def test_export_model_tool_writes_and_checks(model, fmt, tmp_path, capsys):
-    if fmt == "onnx":
-        pytest.importorskip("onnxruntime", reason="needs the [export] extra")
+    if fmt == "onnx-standalone":
+        pytest.importorskip("onnxruntime", reason="needs the [deploy] extra")
     sys.path.insert(0, str(REPO_ROOT / "tools"))
     import export_model as tool
 

@@ -234,3 +234,16 @@ def test_two_processes_merge_to_the_output_of_one(trained_tiny, images, tmp_path
     for x, y in zip(a, b):
         assert detection_differences(_instances(x), _instances(y), atol=0.02, rtol=1e-4) == []
     assert json.loads((two / "summary.json").read_text())["this_run"]["ranks"] == 2
+
+
+def test_a_chunk_lost_or_cut_short_is_dropped_from_the_manifest(tmp_path):
+    writer = ShardWriter(str(tmp_path), 0)
+    writer.write([{"key": "a"}, {"key": "b"}])
+    writer.write([{"key": "c"}])
+    writer.write([{"key": "d"}])
+    (tmp_path / "shards" / "rank0-000001.jsonl").write_text("")   # a power loss: never reached the disk
+    os.remove(tmp_path / "shards" / "rank0-000002.jsonl")
+    assert sorted(remove_orphan_chunks(str(tmp_path))) == ["rank0-000001.jsonl", "rank0-000002.jsonl"]
+    assert finished_keys(str(tmp_path)) == {"a", "b"}
+    # The next chunk gets a new name: the lost ones' images are predicted again.
+    assert ShardWriter(str(tmp_path), 0).write([{"key": "c"}]) == "rank0-000001.jsonl"

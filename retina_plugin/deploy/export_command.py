@@ -30,7 +30,8 @@ from ..data import register_datasets_from_config
 from ..data.mapper import read_image_checked
 from ..engine.defaults import setup_logging, setup_process
 from ..utils.timing import median_latency_ms
-from .build import build_engine, default_profile, file_sha256, write_engine_metadata
+from ..utils.files import file_sha256
+from .build import build_engine, default_profile, write_engine_metadata
 from .engines import PRECISIONS, SUPPORTED, EngineError, InputProfile
 from .export import FORMATS, METHODS, export_model, load_exported, resized_copies, run_eager, run_exported, verify_exported
 from .predictor import build_engine_model

@@ -21,22 +21,27 @@ INCOMPLETE_SUFFIX = ".incomplete"
 logger = logging.getLogger(__name__)
 
 
-def atomic_write(path: str, write_fn, mode: str = "wb") -> None:
+def atomic_write(path: str, write_fn, mode: str = "wb", durable: bool = True) -> None:
     """
-    Call ``write_fn(file)`` on ``path + INCOMPLETE_SUFFIX``, fsync it and rename it to ``path``.
-    If ``write_fn`` raises, the temporary file is removed and ``path`` is untouched.
+    Call ``write_fn(file)`` on ``path + INCOMPLETE_SUFFIX`` and rename it to ``path``: a kill at
+    any moment leaves either the old or the new file. ``durable``: also fsync the file and the
+    rename, so that a power loss does too. If ``write_fn`` raises, the temporary file is removed
+    and ``path`` is untouched.
     """
     tmp = path + INCOMPLETE_SUFFIX
     try:
         with open(tmp, mode) as f:
             write_fn(f)
             f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         with _ignore_oserror():
             os.remove(tmp)
         raise
+    if not durable:
+        return
     # Make the rename itself durable (the directory entry).
     with _ignore_oserror():
         fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)

@@ -362,7 +362,7 @@ class FocalRetinaNet(DenseDetector):
     # ----------------------------------------------------------------- inference
     # Inference is written to be exported: no Python number is derived from a tensor, so that
     # a trace (TorchScript, ONNX) stays right at every input size, and it compiles with
-    # torch.jit.script (see retina_plugin/export.py).
+    # torch.jit.script (see retina_plugin/deploy/export.py).
     def forward_inference(
         self, images: ImageList, features: List[Tensor], predictions: List[List[Tensor]]
     ) -> List[Instances]:

@@ -1,0 +1,123 @@
+"""
+Throughput of tools/predict.py against a ``DefaultPredictor`` loop over the same images, on
+the same cores, with the detections compared image by image (as sets) for the fp32 ways and
+scored by COCO AP where the images have ground truth (``tools/benchmark_prediction.py``).
+"""
+import json
+import os
+import time
+from typing import Dict, Optional, Sequence
+
+import cv2
+import torch
+
+from detectron2.engine import DefaultPredictor
+from detectron2.structures import Boxes, Instances
+
+from ..utils.detection_sets import detection_differences
+from ..visualization import expand_image_inputs
+from .command_line import main as predict_main
+
+__all__ = ["default_predictor_loop", "predict_run", "record_instances", "compare_runs"]
+
+
+def default_predictor_loop(cfg, files: Sequence[str]) -> Dict:
+    """Every file read with OpenCV and passed to DefaultPredictor, one after another."""
+    predictor = DefaultPredictor(cfg)
+    predictor(cv2.imread(files[0]))  # warm-up: the folded inference copy, allocations
+    start = time.perf_counter()
+    outputs = {}
+    for path in files:
+        outputs[os.path.normpath(path)] = predictor(cv2.imread(path))["instances"].to("cpu")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "images_per_second": len(files) / seconds, "instances": outputs}
+
+
+def record_instances(record: Dict) -> Instances:
+    """A predictions.jsonl record as Instances (pred_boxes, scores, pred_classes)."""
+    return Instances((record["height"], record["width"]),
+                     pred_boxes=Boxes(torch.tensor(record["boxes_xyxy"], dtype=torch.float32).reshape(-1, 4)),
+                     scores=torch.tensor(record["scores"], dtype=torch.float32),
+                     pred_classes=torch.tensor(record["classes"], dtype=torch.int64))
+
+
+def predict_run(config_file: str, inputs: Sequence[str], output: str, opts: Sequence[str],
+                extra: Sequence[str] = ()) -> Dict:
+    """tools/predict.py in this process (or its launch); its summary and records."""
+    code = predict_main(["--config-file", config_file, "--input", *inputs, "--output", output, *extra, *opts])
+    with open(os.path.join(output, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(output, "predictions.jsonl")) as f:
+        records = {r["key"]: r for r in map(json.loads, f)}
+    return {"exit_code": code, "seconds": summary["this_run"]["seconds"],
+            "images_per_second": summary["this_run"]["images_per_second"], "records": records}
+
+
+def compare_runs(reference: Dict[str, Instances], records: Dict[str, Dict]) -> int:
+    """How many images differ (as sets, within the records' rounding) from the reference."""
+    return sum(
+        1 for key, expected in reference.items()
+        if detection_differences(expected, record_instances(records[key]), atol=0.02, rtol=1e-4)
+    )
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    import argparse
+
+    from ..data.shapes import generate_shapes_split
+    from ..deploy.export_command import main as export_main
+    from ..engine.defaults import setup_config, setup_process
+
+    parser = argparse.ArgumentParser(description="tools/predict.py against a DefaultPredictor loop")
+    parser.add_argument("--config-file", default="configs/demo_R18_cpu.yaml")
+    parser.add_argument("--weights", required=True, help="trained weights of the config")
+    parser.add_argument("--images", type=int, default=1000, help="retina_shapes-like images to draw (256 px)")
+    parser.add_argument("--output", default="output/prediction_benchmark", metavar="DIR")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--engines", nargs="*", default=["onnx:fp32", "openvino:fp32", "openvino:int8"],
+                        metavar="FORMAT:PRECISION", help="engines to build with tools/export_model.py and run")
+    parser.add_argument("--processes", type=int, default=2, help="also run eager with this many processes (0: no)")
+    args = parser.parse_args(argv)
+    setup_process()
+    opts = ["MODEL.WEIGHTS", args.weights]
+    cfg = setup_config(args.config_file, opts, training=False)
+    images = os.path.join(args.output, "images")
+    if not os.path.isdir(images):
+        generate_shapes_split(images, args.images, seed=5)
+        os.remove(os.path.join(images, "annotations.json"))
+    files = expand_image_inputs([images])
+    print(f"{len(files)} images of {images}, {torch.get_num_threads()} threads")
+    loop = default_predictor_loop(cfg, files)
+    rows = [("DefaultPredictor loop (eager fp32, one image at a time)", loop["images_per_second"], 0)]
+    print(f"DefaultPredictor loop: {loop['images_per_second']:.1f} img/s")
+    common = ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
+    ways = [("tools/predict.py, eager fp32", [])]
+    if args.processes > 1:
+        ways.append((f"tools/predict.py, eager fp32, --num-gpus {args.processes} (CPU processes)",
+                     ["--num-gpus", str(args.processes)]))
+    for spec in args.engines:
+        fmt, precision = spec.split(":")
+        folder = os.path.join(args.output, "engines", f"{fmt}_{precision}")
+        if not os.path.isfile(os.path.join(folder, "engine.json")):
+            export_main(["--config-file", args.config_file, "--format", fmt, "--precision", precision,
+                         "--output", folder, *opts])
+        ways.append((f"tools/predict.py, {fmt} {precision} engine", ["--engine", folder]))
+    for index, (name, extra) in enumerate(ways):
+        output = os.path.join(args.output, f"run{index}")
+        if os.path.isdir(output):
+            import shutil
+
+            shutil.rmtree(output)
+        run = predict_run(args.config_file, [images], output, opts, common + list(extra))
+        differing = compare_runs(loop["instances"], run["records"])
+        rows.append((name, run["images_per_second"], differing))
+        print(f"{name}: {run['images_per_second']:.1f} img/s, {differing} image(s) differ")
+    base = rows[0][1]
+    print(f"\n{len(files)} images (256 x 256), batch {args.batch_size}, {args.num_workers} DataLoader workers, "
+          f"CPU threads {torch.get_num_threads()}\n")
+    print("| way | img/s | vs DefaultPredictor loop | images whose detections differ (as sets) |")
+    print("|---|---|---|---|")
+    for name, rate, differing in rows:
+        print(f"| {name} | {rate:.1f} | {rate / base:.2f}x | {differing} |")
+    return 0
