@@ -201,10 +201,10 @@ def test_kill_then_resume_gives_the_uninterrupted_output(trained_tiny, many_imag
     killed = tmp_path / "killed"
     proc = _run_tool(common[:4] + ["--output", str(killed)] + common[4:],
                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    manifest = killed / "shards" / "manifest-rank0.json"
+    manifest = killed / "shards" / "manifest-rank0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline:
-        if manifest.is_file() and len(json.loads(manifest.read_text())["chunks"]) >= 5:
+        if manifest.is_file() and manifest.read_text().count("\n") >= 5:
             break
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -228,7 +228,7 @@ def test_two_processes_merge_to_the_output_of_one(trained_tiny, images, tmp_path
     assert _run_tool(common + ["--output", str(one), *_opts(trained_tiny)]).wait(timeout=600) == 0
     assert _run_tool(common + ["--output", str(two), "--num-gpus", "2", *_opts(trained_tiny)]).wait(timeout=600) == 0
     assert {n for n in os.listdir(two / "shards") if n.startswith("manifest")} == {
-        "manifest-rank0.json", "manifest-rank1.json"}
+        "manifest-rank0.jsonl", "manifest-rank1.jsonl"}
     a, b = _records(one), _records(two)
     assert [r["key"] for r in a] == [r["key"] for r in b]
     for x, y in zip(a, b):
@@ -247,3 +247,17 @@ def test_a_chunk_lost_or_cut_short_is_dropped_from_the_manifest(tmp_path):
     assert finished_keys(str(tmp_path)) == {"a", "b"}
     # The next chunk gets a new name: the lost ones' images are predicted again.
     assert ShardWriter(str(tmp_path), 0).write([{"key": "c"}]) == "rank0-000001.jsonl"
+
+
+def test_a_manifest_line_cut_short_drops_its_chunk(tmp_path):
+    writer = ShardWriter(str(tmp_path), 0)
+    writer.write([{"key": "a"}])
+    writer.write([{"key": "b"}])
+    manifest = tmp_path / "shards" / "manifest-rank0.jsonl"
+    text = manifest.read_text()
+    manifest.write_text(text[:-5])  # killed inside the second line's write
+    assert finished_keys(str(tmp_path)) == {"a"}
+    assert remove_orphan_chunks(str(tmp_path)) == ["rank0-000001.jsonl"]
+    assert manifest.read_text() == text.splitlines(keepends=True)[0]
+    assert ShardWriter(str(tmp_path), 0).write([{"key": "b"}]) == "rank0-000001.jsonl"
+    assert finished_keys(str(tmp_path)) == {"a", "b"}
