@@ -56,7 +56,7 @@ def collect_sample_logits(model, data_loader, max_images: Optional[int] = None) 
     for batched_inputs in data_loader:
         images = model.preprocess_image(batched_inputs)
         features, predictions = model.features_and_predictions(images.tensor)
-        pred_logits, _ = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
+        pred_logits, _ = model.predictions_per_anchor(predictions)
         logits = torch.cat(pred_logits, dim=1)  # (N, R, K)
         gt_instances = [x["instances"].to(model.device) for x in batched_inputs]
         gt_labels, _ = model.label_anchors(model.anchor_generator(features), gt_instances)  # (N, R)

@@ -198,6 +198,15 @@ class FocalRetinaNet(DenseDetector):
         return features, self.head(features)
 
     @torch.jit.unused
+    def predictions_per_anchor(self, predictions: List[List[Tensor]]) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        ``predictions`` of :meth:`features_and_predictions` per anchor: logits per level
+        (N, Hi*Wi*A, K) and deltas per level (N, Hi*Wi*A, 4), in the anchor generator's order.
+        """
+        logits, deltas = self._transpose_dense_predictions(predictions, [self.num_classes, 4])
+        return logits, deltas
+
+    @torch.jit.unused
     def _inference_runner(self) -> Optional[DensePredictor]:
         """What runs backbone + head instead of the modules themselves, if anything."""
         if self.training or torch.jit.is_tracing():

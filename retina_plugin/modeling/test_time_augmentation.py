@@ -76,7 +76,7 @@ class FocalRetinaNetWithTTA(nn.Module):
         model = self.model
         images = model.preprocess_image(batch)
         features, predictions = model.features_and_predictions(images.tensor)
-        logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
+        logits, deltas = model.predictions_per_anchor(predictions)
         anchors = model.anchor_generator(features)
         results = []
         for i in range(len(batch)):
