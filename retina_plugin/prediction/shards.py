@@ -38,6 +38,12 @@ def _write_json(path: str, data, durable: bool = True) -> None:
     atomic_write(path, lambda f: f.write(text), mode="w", durable=durable)
 
 
+def _write_json_lines(path: str, records: Iterable[Dict], durable: bool = True) -> None:
+    """One JSON line per record, written atomically."""
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    atomic_write(path, lambda f: f.write(text), mode="w", durable=durable)
+
+
 def _chunk_is_whole(folder: str, chunk: Dict) -> bool:
     """Whether a chunk file holds the records of exactly the keys its manifest lists."""
     try:
@@ -93,8 +99,7 @@ def remove_orphan_chunks(output_dir: str) -> List[str]:
         whole = [c for c in chunks if _chunk_is_whole(folder, c)]
         if len(whole) != len(chunks) or not manifest_whole:
             removed += [c["file"] for c in chunks if c not in whole]
-            text = "".join(json.dumps(c) + "\n" for c in whole)
-            atomic_write(path, lambda f: f.write(text), mode="w")
+            _write_json_lines(path, whole)
     named = {chunk["file"] for chunk in _all_chunks(output_dir)}
     for path in glob.glob(os.path.join(folder, "*")):
         name = os.path.basename(path)
@@ -124,8 +129,7 @@ class ShardWriter:
         if not records:
             return ""
         name = f"rank{self.rank}-{self.next_index:06d}.jsonl"
-        lines = "".join(json.dumps(r) + "\n" for r in records)
-        atomic_write(os.path.join(self.folder, name), lambda f: f.write(lines), mode="w", durable=False)
+        _write_json_lines(os.path.join(self.folder, name), records, durable=False)
         # One write of one line; a kill inside it leaves a line without its newline, which
         # readers ignore and remove_orphan_chunks cuts off (with the chunk it named).
         with open(self.manifest_path, "a") as f:
@@ -181,8 +185,7 @@ def merge_shards(output_dir: str, items: Sequence[Dict], category_ids: Sequence[
     ordered = [by_key[item["key"]] for item in items if item["key"] in by_key]
     predicted = [r for r in ordered if "error" not in r]
     unreadable = [r for r in ordered if "error" in r]
-    lines = "".join(json.dumps(r) + "\n" for r in ordered)
-    atomic_write(os.path.join(output_dir, "predictions.jsonl"), lambda f: f.write(lines), mode="w")
+    _write_json_lines(os.path.join(output_dir, "predictions.jsonl"), ordered)
     results = [
         {"image_id": r["image_id"], "category_id": category_ids[c], "bbox": box, "score": score}
         for r in predicted for box, score, c in zip(r["boxes_xywh"], r["scores"], r["classes"])
