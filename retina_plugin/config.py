@@ -50,10 +50,12 @@ def add_retina_config(cfg):
     _C.MODEL.FOCAL_RETINANET.HEAD_CONV_DIM = 0
     # Classification loss, by name in retina_plugin.modeling.losses.CLASSIFICATION_LOSS_REGISTRY:
     # "SigmoidFocalLoss" (the paper; uses MODEL.RETINANET.FOCAL_LOSS_ALPHA/GAMMA) or
-    # "SigmoidBCELoss" (alpha-balanced binary cross entropy, i.e. focal loss with gamma=0).
-    _C.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS = "SigmoidFocalLoss"
+    # "SigmoidBCELoss" (alpha-balanced binary cross entropy, i.e. focal loss with gamma=0)
     # or "OHEMLoss" (the paper's Table 1d baseline: cross entropy over the hardest anchors only,
-    # see retina_plugin/modeling/ohem.py and the OHEM keys below).
+    # see retina_plugin/modeling/ohem.py and the OHEM keys below), or "QualityFocalLoss" (a
+    # quality-aware target, Li et al. 2020: a foreground anchor's class target is the IoU of its
+    # predicted box with its ground truth; FOCAL_LOSS_GAMMA is its exponent, alpha unused).
+    _C.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS = "SigmoidFocalLoss"
     # Compute the focal / BCE losses with one autograd function and a closed-form gradient
     # (retina_plugin/modeling/fused_focal_loss.py): same values and gradients, faster, and no
     # (anchors x classes) intermediates kept for backward. False: the reference autograd path.

@@ -22,7 +22,7 @@ from detectron2.structures import Boxes, Instances
 import torch
 
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.prediction.command_line import main as predict_main
+from retina_plugin.prediction.command_line import default_num_workers, main as predict_main
 from retina_plugin.prediction.runner import shard_items
 from retina_plugin.prediction.shards import ShardWriter, finished_keys, remove_orphan_chunks
 from retina_plugin.utils.detection_sets import detection_differences
@@ -70,6 +70,14 @@ def test_shards_cover_every_item_once():
         shards = [shard_items(items, r, world) for r in range(world)]
         assert sum(shards, []) == items
         assert max(map(len, shards)) - min(map(len, shards)) <= 1
+
+
+def test_default_workers_leave_small_cpus_to_the_model():
+    # Measured on 2 cores (docs/prediction.md): decoding in workers there slows prediction.
+    assert default_num_workers("cpu", threads=2) == 0
+    assert default_num_workers("cpu", threads=1) == 0
+    assert default_num_workers("cpu", threads=8) == 2
+    assert 1 <= default_num_workers("cuda", threads=1, processes_per_machine=64) <= 8
 
 
 def test_batched_prediction_equals_default_predictor(trained_tiny, images, tmp_path):

@@ -16,3 +16,4 @@ from .losses import (
 from .meta_arch import FocalRetinaNet
 from .test_time_augmentation import FocalRetinaNetWithTTA
 from .ohem import OHEMLoss
+from .quality_focal_loss import QualityFocalLoss

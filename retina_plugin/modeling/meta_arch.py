@@ -24,6 +24,7 @@ from .assigners import build_anchor_assigner
 from .fast_inference import FoldedBackboneAndHead
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
+from .quality_focal_loss import predicted_box_ious
 
 __all__ = ["FocalRetinaNet"]
 
@@ -336,15 +337,25 @@ class FocalRetinaNet(DenseDetector):
         if getattr(self.classification_loss, "needs_anchor_context", False):
             image_idxs, anchor_idxs = valid.nonzero(as_tuple=True)
             cls_context = {"image_idxs": image_idxs, "anchor_boxes": anchors.tensor[anchor_idxs]}
+        # Box loss on the foreground anchors only, instead of on all N * R and masking.
+        _, foreground_anchor_idxs = foreground.nonzero(as_tuple=True)
+        foreground_deltas = cat(pred_deltas, dim=1)[foreground]
+        foreground_anchors = anchors.tensor[foreground_anchor_idxs]
+        if getattr(self.classification_loss, "needs_quality_targets", False):
+            # Background anchors keep target 0; ignored ones are not passed.
+            quality_targets = torch.zeros(foreground.shape, device=foreground.device)
+            quality_targets[foreground] = predicted_box_ious(
+                self.box2box_transform,
+                foreground_deltas,
+                foreground_anchors,
+                matched_gt_boxes[foreground],
+            )
+            cls_context["quality_targets"] = quality_targets[valid]
         loss_cls = self.classification_loss(
             cat(pred_logits, dim=1)[valid], gt_labels[valid], **cls_context
         )
-        # Box loss on the foreground anchors only, instead of on all N * R and masking.
-        _, foreground_anchor_idxs = foreground.nonzero(as_tuple=True)
         loss_box_reg = self.box_loss(
-            cat(pred_deltas, dim=1)[foreground],
-            anchors.tensor[foreground_anchor_idxs],
-            matched_gt_boxes[foreground],
+            foreground_deltas, foreground_anchors, matched_gt_boxes[foreground]
         )
         return {
             "loss_cls": loss_cls / normalizer,

@@ -74,7 +74,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--images", type=int, default=1000, help="retina_shapes-like images to draw (256 px)")
     parser.add_argument("--output", default="output/prediction_benchmark", metavar="DIR")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--num-workers", type=int, default=None, help="default: tools/predict.py's")
     parser.add_argument("--engines", nargs="*", default=["onnx:fp32", "openvino:fp32", "openvino:int8"],
                         metavar="FORMAT:PRECISION", help="engines to build with tools/export_model.py and run")
     parser.add_argument("--processes", type=int, default=2, help="also run eager with this many processes (0: no)")
@@ -91,7 +91,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     loop = default_predictor_loop(cfg, files)
     rows = [("DefaultPredictor loop (eager fp32, one image at a time)", loop["images_per_second"], 0)]
     print(f"DefaultPredictor loop: {loop['images_per_second']:.1f} img/s")
-    common = ["--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers)]
+    common = ["--batch-size", str(args.batch_size)]
+    if args.num_workers is not None:
+        common += ["--num-workers", str(args.num_workers)]
     ways = [("tools/predict.py, eager fp32", [])]
     if args.processes > 1:
         ways.append((f"tools/predict.py, eager fp32, --num-gpus {args.processes} (CPU processes)",
@@ -114,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         rows.append((name, run["images_per_second"], differing))
         print(f"{name}: {run['images_per_second']:.1f} img/s, {differing} image(s) differ")
     base = rows[0][1]
-    print(f"\n{len(files)} images (256 x 256), batch {args.batch_size}, {args.num_workers} DataLoader workers, "
+    print(f"\n{len(files)} images (256 x 256), batch {args.batch_size}, {args.num_workers if args.num_workers is not None else 'default'} DataLoader workers, "
           f"CPU threads {torch.get_num_threads()}\n")
     print("| way | img/s | vs DefaultPredictor loop | images whose detections differ (as sets) |")
     print("|---|---|---|---|")

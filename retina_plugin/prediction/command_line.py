@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from ..engine.defaults import setup_config, setup_logging, setup_process
 from ..data import register_datasets_from_config
 
-__all__ = ["argument_parser", "main", "predict"]
+__all__ = ["argument_parser", "default_num_workers", "main", "predict"]
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -32,12 +32,25 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="image files, folders, glob patterns; or one video file; or one registered dataset name")
     parser.add_argument("--output", required=True, metavar="DIR")
     parser.add_argument("--batch-size", type=int, default=8, help="images per model call")
-    parser.add_argument("--num-workers", type=int, default=2, help="DataLoader workers decoding and resizing")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers decoding and resizing (default: see default_num_workers)")
     parser.add_argument("--engine", metavar="DIR", help="a deployment engine (tools/export_model.py) instead of MODEL.WEIGHTS")
     parser.add_argument("--draw", action="store_true", help="also write the detections drawn (images, or the video)")
     parser.add_argument("--video-frames", action="store_true", help="with --draw on a video: PNG frames instead of an mp4")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
     return parser
+
+
+def default_num_workers(device: str, threads: int, processes_per_machine: int = 1) -> int:
+    """
+    DataLoader workers per process when --num-workers is not given. On CPU the workers take
+    cores from the model: with 2 threads or fewer, decoding in the main process is faster
+    (docs/prediction.md); with more, 2 workers. On GPUs, the machine's cores shared by its
+    processes, at most 8, to keep up with the GPU.
+    """
+    if torch.device(device).type == "cpu":
+        return 0 if threads <= 2 else 2
+    return max(1, min(8, (os.cpu_count() or 1) // max(1, processes_per_machine)))
 
 
 def _model(cfg, engine: str):
@@ -57,7 +70,7 @@ def predict(args) -> Optional[dict]:
 
     setup_process()
     setup_logging(args.output if comm.is_main_process() else "")
-    if args.batch_size < 1 or args.num_workers < 0:
+    if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         raise SystemExit("predict.py: --batch-size must be >= 1 and --num-workers >= 0")
     cfg = setup_config(args.config_file, args.opts, training=False)
     if not args.engine and not cfg.MODEL.WEIGHTS:
@@ -68,8 +81,11 @@ def predict(args) -> Optional[dict]:
         torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1) // local))
     source = resolve_source(args.input)
     model = _model(cfg, args.engine)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = default_num_workers(cfg.MODEL.DEVICE, torch.get_num_threads(), comm.get_local_size())
     start = time.perf_counter()
-    counts = predict_on_rank(model, cfg, source, args.output, args.batch_size, args.num_workers,
+    counts = predict_on_rank(model, cfg, source, args.output, args.batch_size, num_workers,
                              args.resume, args.draw)
     all_counts = comm.gather(counts, dst=0)
     if not comm.is_main_process():
