@@ -14,6 +14,19 @@ CONFIGS = REPO_ROOT / "configs"
 TINY_CONFIG = Path(__file__).resolve().parent / "configs" / "tiny.yaml"
 
 
+def two_image_training_batch():
+    """Two 128-px noise images with one box each (classes 0 and 1), as training inputs."""
+    from detectron2.structures import Boxes, Instances
+
+    inputs = []
+    for i in range(2):
+        instances = Instances((128, 128))
+        instances.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0]]) + 30 * i)
+        instances.gt_classes = torch.tensor([i])
+        inputs.append({"image": torch.rand(3, 128, 128) * 255, "instances": instances})
+    return inputs
+
+
 def load_cfg(config_file=TINY_CONFIG, opts=()):
     cfg = get_cfg()
     add_retina_config(cfg)

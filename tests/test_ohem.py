@@ -7,13 +7,12 @@ import torch
 from torch.nn import functional as F
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from retina_plugin.modeling import build_classification_loss
 from retina_plugin.modeling.ohem import OHEMLoss, select_hard_examples
 
-from .conftest import load_cfg
+from .conftest import load_cfg, two_image_training_batch
 
 
 def boxes_apart(n):
@@ -88,14 +87,8 @@ def test_built_from_config_and_trained_through_the_model():
         return original(logits, labels, image_idxs, anchor_boxes)
 
     model.classification_loss.forward = spy
-    inputs = []
-    for i in range(2):
-        instances = Instances((128, 128))
-        instances.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0]]) + 30 * i)
-        instances.gt_classes = torch.tensor([i])
-        inputs.append({"image": torch.rand(3, 128, 128) * 255, "instances": instances})
     with EventStorage():
-        losses = model(inputs)
+        losses = model(two_image_training_batch())
     assert torch.isfinite(losses["loss_cls"])
     # Each non-ignored anchor comes with its image and its anchor box.
     assert set(seen["image_idxs"].tolist()) == {0, 1}

@@ -6,14 +6,14 @@ import torch
 from torch.nn import functional as F
 
 from detectron2.modeling import build_model
-from detectron2.structures import Boxes, Instances
+from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 from detectron2.utils.events import EventStorage
 
 from retina_plugin.modeling import build_classification_loss, sigmoid_focal_loss
 from retina_plugin.modeling.quality_focal_loss import QualityFocalLoss, quality_focal_loss
 
-from .conftest import load_cfg
+from .conftest import load_cfg, two_image_training_batch
 
 
 def test_hard_targets_give_the_focal_loss_without_alpha():
@@ -65,14 +65,8 @@ def test_the_model_passes_the_iou_of_each_predicted_box():
         return original_losses(anchors, pred_logits, pred_deltas, gt_labels, matched_gt_boxes)
 
     model.losses = spy_losses
-    inputs = []
-    for i in range(2):
-        instances = Instances((128, 128))
-        instances.gt_boxes = Boxes(torch.tensor([[10.0, 10.0, 40.0, 50.0]]) + 30 * i)
-        instances.gt_classes = torch.tensor([i])
-        inputs.append({"image": torch.rand(3, 128, 128) * 255, "instances": instances})
     with EventStorage():
-        losses = model(inputs)
+        losses = model(two_image_training_batch())
     assert torch.isfinite(losses["loss_cls"])
     losses["loss_cls"].backward()
 
