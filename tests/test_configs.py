@@ -33,7 +33,9 @@ def test_every_config_builds_a_focal_retinanet(name):
     assert model.head_in_features == ["p3", "p4", "p5", "p6", "p7"]
     assert model.head.num_anchors == 9
     assert model.head.num_classes == cfg.MODEL.RETINANET.NUM_CLASSES
-    assert type(model.classification_loss).__name__ == "SigmoidFocalLoss"
+    # The paper's loss, or the quality focal loss of the v2 configs.
+    expected_loss = "QualityFocalLoss" if name.endswith("_v2.yaml") else "SigmoidFocalLoss"
+    assert type(model.classification_loss).__name__ == expected_loss
     assert (model.test_score_thresh, model.test_topk_candidates) == (0.05, 1000)
     assert (model.test_nms_thresh, model.max_detections_per_image) == (0.5, 100)
     assert model.loss_normalizer == "num_foreground"
@@ -49,7 +51,9 @@ def test_v2_configs_change_only_the_accuracy_options(v2, v1):
     assert type(build_model(new).anchor_assigner).__name__ == "ATSSAssigner"
     assert new.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE == "p5" and new.SOLVER.OPTIMIZER == "AdamW"
     assert new.MODEL.RETINANET.BBOX_REG_LOSS_TYPE == "giou"
+    assert type(build_model(new).classification_loss).__name__ == "QualityFocalLoss"
     assert old.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER == "IoU" and old.SOLVER.OPTIMIZER == "SGD"
+    assert old.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS == "SigmoidFocalLoss"
     # Same model size, data and schedule as the paper-setting config.
     for key in ("MODEL.RESNETS.DEPTH", "MODEL.FPN.OUT_CHANNELS", "SOLVER.MAX_ITER", "SOLVER.STEPS",
                 "SOLVER.IMS_PER_BATCH", "INPUT.MIN_SIZE_TRAIN", "DATASETS.TRAIN"):
@@ -66,6 +70,7 @@ MEASURED_V2_OVERRIDES = [
     "MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE", "p5",
     "SOLVER.OPTIMIZER", "AdamW", "SOLVER.BASE_LR", "0.001", "SOLVER.WEIGHT_DECAY", "0.05",
     "MODEL.RETINANET.BBOX_REG_LOSS_TYPE", "giou",
+    "MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS", "QualityFocalLoss",
 ]
 
 
