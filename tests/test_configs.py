@@ -48,10 +48,11 @@ def test_every_config_builds_a_focal_retinanet(name):
                                     ("reef_R18_cpu_v2.yaml", "reef_R18_cpu.yaml")])
 def test_v2_configs_change_only_the_accuracy_options(v2, v1):
     new, old = load_cfg(CONFIGS / v2), load_cfg(CONFIGS / v1)
-    assert type(build_model(new).anchor_assigner).__name__ == "ATSSAssigner"
+    model = build_model(new)
+    assert type(model.anchor_assigner).__name__ == "ATSSAssigner"
     assert new.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE == "p5" and new.SOLVER.OPTIMIZER == "AdamW"
     assert new.MODEL.RETINANET.BBOX_REG_LOSS_TYPE == "giou"
-    assert type(build_model(new).classification_loss).__name__ == "QualityFocalLoss"
+    assert type(model.classification_loss).__name__ == "QualityFocalLoss"
     assert old.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER == "IoU" and old.SOLVER.OPTIMIZER == "SGD"
     assert old.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS == "SigmoidFocalLoss"
     # Same model size, data and schedule as the paper-setting config.

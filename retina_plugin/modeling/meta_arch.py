@@ -259,9 +259,7 @@ class FocalRetinaNet(DenseDetector):
 
     # ------------------------------------------------------------------ training
     def forward_training(self, images, features, predictions, gt_instances):
-        pred_logits, pred_deltas = self._transpose_dense_predictions(
-            predictions, [self.num_classes, 4]
-        )
+        pred_logits, pred_deltas = self.predictions_per_anchor(predictions)
         anchors_per_level = self.anchor_generator(features)
         gt_labels, matched_gt_boxes = self.label_anchors(anchors_per_level, gt_instances)
         anchors = Boxes.cat(anchors_per_level)
