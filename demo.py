@@ -23,7 +23,7 @@ import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the
 from retina_plugin.data import register_datasets_from_config
 from retina_plugin.data.mapper import UnreadableImageError, read_image_checked
 from retina_plugin.deploy import EnginePredictor
-from retina_plugin.engine.defaults import setup_config, setup_logging, setup_process
+from retina_plugin.entry_points.defaults import setup_config, setup_logging, setup_process
 from retina_plugin.visualization import draw_detections, expand_image_inputs
 
 

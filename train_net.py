@@ -22,9 +22,9 @@ from detectron2.utils import comm
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
 from retina_plugin.deploy import build_engine_model
-from retina_plugin.engine.checkpoint import AtomicDetectionCheckpointer
-from retina_plugin.engine.defaults import setup_config, setup_process, setup_run
-from retina_plugin.engine.trainer import Trainer
+from retina_plugin.training.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.entry_points.defaults import setup_config, setup_process, setup_run
+from retina_plugin.training.trainer import Trainer
 
 
 def setup(args):

@@ -13,7 +13,7 @@ from detectron2.model_zoo import get_config
 from detectron2.solver import WarmupParamScheduler
 from fvcore.common.param_scheduler import MultiStepParamScheduler
 
-from retina_plugin.engine.optimizer import clipped_sgd
+from retina_plugin.training.optimizer import clipped_sgd
 
 from .common.focal_retinanet import anchor_sizes, head_input_shape, model
 

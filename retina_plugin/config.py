@@ -25,7 +25,7 @@ __all__ = [
     "config_value",
     "build_any_model",
     "model_weights",
-    "test_resize",
+    "inference_resize",
 ]
 
 
@@ -240,7 +240,7 @@ def model_weights(cfg) -> str:
     return cfg.train.get("init_checkpoint", "")
 
 
-def test_resize(cfg) -> Tuple[int, int, str]:
+def inference_resize(cfg) -> Tuple[int, int, str]:
     """
     (shortest edge, max size, input format) of the config's test-time resize.
     """

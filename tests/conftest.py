@@ -72,7 +72,7 @@ def trained_tiny(tmp_path_factory):
     """(cfg, weights path): the tiny config trained on 48 shapes images, validated on 24."""
     from retina_plugin.data import register_coco_json
     from retina_plugin.data.shapes import generate_shapes_split
-    from retina_plugin.engine.trainer import Trainer
+    from retina_plugin.training.trainer import Trainer
 
     root = tmp_path_factory.mktemp("tiny_shapes")
     for split, count, seed in (("train", 48, 21), ("val", 24, 22)):

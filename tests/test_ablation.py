@@ -9,6 +9,7 @@ import os
 import time
 
 import cv2
+import numpy as np
 import pytest
 
 from retina_plugin.experiments import ablation
@@ -170,8 +171,16 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     assert "| FOCAL_LOSS_GAMMA | FOCAL_LOSS_ALPHA | AP | AP50 | AP75 | APs | runs | time |" in table
     assert "| 2 | .75 | **21.2 ± 0.7** | 22.2 ± 0.7 | 23.2 ± 0.7 | 24.2 ± 0.7 | 2 |" in table
     assert "| 5 | .25 | diverged | diverged | diverged | diverged | 2 (2 diverged) |" in table
-    picture = cv2.imread(str(tmp_path / "results.png"))
-    assert picture is not None and picture.std() > 10
+    assert cv2.imread(str(tmp_path / "results.png")) is not None
+    # The plot: AP against gamma, one line per alpha, error bars = std over seeds.
+    ax = ablation.plot_results(summary["settings"], str(tmp_path / "again.png")).axes[0]
+    lines = {c.get_label(): c for c in ax.containers}
+    assert set(lines) == {"FOCAL_LOSS_ALPHA=.25", "FOCAL_LOSS_ALPHA=.75"}
+    data = lines["FOCAL_LOSS_ALPHA=.25"].lines[0]
+    expected = [r for r in summary["settings"] if r["labels"]["MODEL.RETINANET.FOCAL_LOSS_ALPHA"] == ".25"]
+    assert list(data.get_xdata()) == [float(r["labels"]["MODEL.RETINANET.FOCAL_LOSS_GAMMA"]) for r in expected]
+    np.testing.assert_allclose(np.asarray(data.get_ydata(), dtype=float), [r["mean"]["AP"] for r in expected])
+    assert ax.get_xlabel() == "MODEL.RETINANET.FOCAL_LOSS_GAMMA" and ax.get_ylabel() == "COCO box AP"
 
     # Same folder, other base overrides: refuse to mix results.
     monkeypatch.setattr(ablation.runner, "run_one", FakeRuns())
@@ -224,6 +233,9 @@ def test_variant_sweep_draws_bars(tmp_path, monkeypatch):
     assert "| variant | AP |" in table and "| gamma2 | **20.5** |" in table
     assert "- `alpha_hi`: `MODEL.RETINANET.FOCAL_LOSS_ALPHA=0.75` `MODEL.RETINANET.FOCAL_LOSS_GAMMA=1.0`" in table
     assert cv2.imread(str(tmp_path / "results.png")) is not None
+    ax = ablation.plot_results(rows, str(tmp_path / "again.png")).axes[0]
+    assert [bar.get_height() for bar in ax.patches] == [10.5, 20.5, 10.75]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["base", "gamma2", "alpha_hi"]
 
 
 @pytest.mark.slow
@@ -254,3 +266,61 @@ def test_a_real_run_trains_and_evaluates(tmp_path):
     summary = json.loads((output / "results.json").read_text())
     assert summary["settings"][0]["mean"]["AP"] == pytest.approx(logged_ap)
     assert f"{logged_ap:.1f}" in (output / "results.md").read_text()
+
+
+class RecipeRuns:
+    """Stands in for the subprocess of a recipe comparison: AP by recipe and seed."""
+
+    def __init__(self, ap_of):
+        self.ap_of, self.calls = ap_of, []
+
+    def __call__(self, config_file, opts, output_dir, seed, num_gpus=1, threads=None):
+        values = dict(zip(opts[0::2], opts[1::2]))
+        recipe = ("detectron2_RetinaNet" if values.get("MODEL.META_ARCHITECTURE") == "RetinaNet"
+                  else "v2" if values.get("SOLVER.OPTIMIZER") == "AdamW" else "base")
+        self.calls.append((recipe, values))
+        ap = self.ap_of[recipe](seed)
+        result = {"status": "finished", "seed": seed, "opts": list(opts), "seconds": 1.0,
+                  "metrics": {m: ap for m in ablation.METRICS}}
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "result.json"), "w") as f:
+            json.dump(result, f)
+        return result
+
+
+def test_compare_recipes_runs_the_three_recipes_on_a_fraction_of_the_schedule(tmp_path, monkeypatch, capsys):
+    runs = RecipeRuns({"base": lambda s: 10.0 + s, "v2": lambda s: 20.0 + s, "detectron2_RetinaNet": lambda s: 10.5 + s})
+    monkeypatch.setattr(ablation.runner, "run_one", runs)
+    argv = ["--config-file", str(TINY_CONFIG), "--compare-recipes", "--seeds", "3", "--schedule-fraction", "0.5",
+            "--output", str(tmp_path), "SOLVER.MAX_ITER", "40", "SOLVER.STEPS", "(30,)"]
+    assert ablation.main(argv) == 0
+    assert sorted({recipe for recipe, _ in runs.calls}) == ["base", "detectron2_RetinaNet", "v2"]
+    assert len(runs.calls) == 9
+    for recipe, values in runs.calls:
+        assert (values["SOLVER.MAX_ITER"], values["SOLVER.STEPS"]) == ("20", "(15,)")
+        if recipe == "v2":
+            assert all(values[k] == v for k, v in ablation.V2_RECIPE)
+    verdict = (tmp_path / "results.md").read_text()
+    assert "v2 is better: every seed above every paper-default seed (v2 20.0-22.0 AP against the paper default's 10.0-12.0" in verdict
+    assert "detectron2_RetinaNet ties with the paper default within seed noise: their seeds overlap" in verdict
+    assert "**Use v2 on this data.**" in verdict
+    assert "**Use v2 on this data.**" in capsys.readouterr().out
+
+
+def test_compare_recipes_keeps_the_paper_default_when_seeds_overlap(tmp_path, monkeypatch):
+    # v2 is ahead on average (+1.0) but its seeds overlap the paper default's: a tie, not a win.
+    runs = RecipeRuns({"base": lambda s: 10.0 + 2 * s, "v2": lambda s: 11.0 + 2 * s,
+                       "detectron2_RetinaNet": lambda s: 3.0 + s})
+    monkeypatch.setattr(ablation.runner, "run_one", runs)
+    assert ablation.main(["--config-file", str(TINY_CONFIG), "--compare-recipes", "--seeds", "2",
+                          "--output", str(tmp_path)]) == 0
+    verdict = (tmp_path / "results.md").read_text()
+    assert "v2 ties with the paper default within seed noise" in verdict and "+1.0" in verdict
+    assert "detectron2_RetinaNet is worse: every seed below" in verdict
+    assert "**Use the paper default on this data: no recipe beats it beyond seed noise (2 seed(s) per recipe" in verdict
+
+
+def test_a_schedule_fraction_outside_0_1_is_refused(tmp_path, capsys):
+    assert ablation.main(["--config-file", str(TINY_CONFIG), "--compare-recipes", "--schedule-fraction", "1.5",
+                          "--output", str(tmp_path)]) == 2
+    assert "--schedule-fraction must be in (0, 1]" in capsys.readouterr().err

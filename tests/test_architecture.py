@@ -77,5 +77,5 @@ def test_narrow_head_conv_dim():
 
 def test_unknown_head_name_is_a_clear_error():
     cfg = load_cfg(opts=["MODEL.FOCAL_RETINANET.HEAD_NAME", "NoSuchHead"])
-    with pytest.raises(KeyError, match="MODEL.FOCAL_RETINANET.HEAD_NAME = 'NoSuchHead': expected one of the registered names"):
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.HEAD_NAME = 'NoSuchHead': expected one of the registered names"):
         build_focal_retinanet_head(cfg, [ShapeSpec(channels=32)] * 5)

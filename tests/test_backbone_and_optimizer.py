@@ -8,8 +8,8 @@ import torch
 from detectron2.modeling import build_backbone, build_model
 from detectron2.solver import build_optimizer as detectron2_build_optimizer
 
-from retina_plugin.engine.optimizer import build_optimizer
-from retina_plugin.engine.trainer import Trainer
+from retina_plugin.training.optimizer import build_optimizer
+from retina_plugin.training.trainer import Trainer
 
 from .conftest import load_cfg
 

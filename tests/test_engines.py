@@ -5,17 +5,20 @@ lose a bounded AP, and every refusal names its reason: another backend version, 
 AP drop, a size outside the profile, a config that describes another model.
 """
 import json
+import logging
 
 import cv2
 import pytest
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.data import DatasetCatalog
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
 from retina_plugin.deploy import EngineError, EnginePredictor, InputProfile, build_engine_model, load_engine
 from retina_plugin.deploy.build import build_engine
+from retina_plugin.deploy.engines import backend_version, version_compatible
 from retina_plugin.deploy.export_command import main as export_main
 from retina_plugin.deploy.verification import calibration_batches, compare_with_eager, mapped_test_images
 from retina_plugin.utils.detection_sets import detection_differences
@@ -81,7 +84,7 @@ def test_engine_predictor_is_default_predictor_with_an_engine(eager, fp32_engine
     assert predictor.engine.backend == backend
 
 
-def test_refusals_name_their_reason(eager, fp32_engines, tmp_path):
+def test_refusals_name_their_reason(eager, fp32_engines, tmp_path, caplog):
     _require("onnxruntime")
     cfg, _ = eager
     folder = fp32_engines["onnxruntime"]
@@ -100,6 +103,13 @@ def test_refusals_name_their_reason(eager, fp32_engines, tmp_path):
     (moved / "engine.json").write_text(json.dumps(dict(metadata, backend_version="0.0.1")))
     with pytest.raises(EngineError, match=r"was made with onnxruntime 0\.0\.1, and this machine has onnxruntime"):
         load_engine(str(moved))
+    # Another release of the same major version: it loads, and says how to check it here.
+    installed = backend_version("onnxruntime")
+    same_major = f"{installed.split('.')[0]}.0.0"
+    (moved / "engine.json").write_text(json.dumps(dict(metadata, backend_version=same_major)))
+    with caplog.at_level(logging.WARNING):
+        assert load_engine(str(moved)).backend == "onnxruntime"
+    assert any(f"made with onnxruntime {same_major}" in m and "--verify" in m for m in caplog.messages)
     # A config that describes another model.
     other = cfg.clone()
     other.MODEL.RETINANET.NUM_CLASSES = 3
@@ -129,6 +139,16 @@ def test_int8_engine_loses_a_bounded_ap(eager, trained_tiny, backend, tmp_path, 
     assert verification["ap_drop"] <= 1.0, verification
     engine = load_engine(str(output))
     assert engine.precision == "int8"
+    source = json.loads((output / "engine.json").read_text())["source"]
+    first = DatasetCatalog.get("tiny_shapes_train")[:16]
+    assert source["calibration_dataset"] == "tiny_shapes_train"  # the default, named
+    assert source["calibration_image_ids"] == [d["image_id"] for d in first]
+    # The check again, from engine.json alone: the same held-out images, the same result.
+    export_main(["--verify", str(output)])
+    again = json.loads((output / "engine.json").read_text())["verification"]
+    assert again["passed"] and again["images"] == 24 and again["max_ap_drop"] == 1.0
+    assert again["engine"]["AP"] == pytest.approx(verification["engine"]["AP"], abs=1e-6)
+    assert again["backend_version"] == backend_version(backend)
 
 
 def test_too_large_an_ap_drop_fails_and_the_engine_will_not_load(trained_tiny, tmp_path):
@@ -162,6 +182,14 @@ def test_export_tool_writes_an_fp32_engine_with_its_record(trained_tiny, tmp_pat
     assert metadata["verification"]["passed"] and metadata["verification"]["checks"] == 8
 
 
+def test_tensorrt_plans_stay_tied_to_their_exact_version():
+    assert version_compatible("onnxruntime", "1.20.0", "1.23.2")
+    assert version_compatible("openvino", "2026.0.0", "2026.4.1")
+    assert not version_compatible("openvino", "2025.4.1", "2026.4.1")
+    assert not version_compatible("tensorrt", "11.4.0", "11.4.1")
+    assert version_compatible("tensorrt", "11.4.1", "11.4.1")
+
+
 def test_unsupported_precision_and_missing_calibration_are_refused(eager, tmp_path):
     _require("onnxruntime")
     cfg, model = eager
@@ -173,8 +201,9 @@ def test_unsupported_precision_and_missing_calibration_are_refused(eager, tmp_pa
 
 def test_calibration_images_are_the_models_own_input(eager):
     cfg, model = eager
-    batches, files = calibration_batches(model, cfg, "tiny_shapes_train", 3)
-    assert len(batches) == 3 and len(set(files)) == 3
+    batches, used = calibration_batches(model, cfg, "tiny_shapes_train", 3)
+    assert len(batches) == 3 and len({u["file_name"] for u in used}) == 3
+    assert [u["image_id"] for u in used] == [d["image_id"] for d in DatasetCatalog.get("tiny_shapes_train")[:3]]
     first = mapped_test_images(cfg, "tiny_shapes_train", 0, 1)
     with torch.no_grad():
         torch.testing.assert_close(batches[0], model.preprocess_image(first).tensor)
@@ -241,9 +270,13 @@ def test_speed_accuracy_curve_over_test_sizes(eager, fp32_engines, tmp_path):
             assert detection_differences(detections, engine_images[image_id]) == [], (size, image_id)
         assert points["eager", size]["AP"] == pytest.approx(points["onnxruntime fp32", size]["AP"], abs=0.01)
     assert abs(points["eager", 160]["AP"] - points["eager", 96]["AP"]) > 0.1
-    assert points["eager", 288]["ms"] > points["eager", 96]["ms"]
     table = curve_markdown(rows)
     assert "| model | 96 px: ms / AP | 160 px: ms / AP | 288 px: ms / AP |" in table
     assert [line for line in table.splitlines() if line.startswith("| onnxruntime fp32 |")][0].endswith("| - |")
-    plot_curve(rows, str(tmp_path / "curve.png"))
+    ax = plot_curve(rows, str(tmp_path / "curve.png")).axes[0]
+    drawn = {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+    for model_name, sizes in (("eager", (96, 160, 288)), ("onnxruntime fp32", (96, 160))):
+        assert drawn[model_name] == [(points[model_name, s]["ms"], points[model_name, s]["AP"]) for s in sizes]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("time per image (ms)", "COCO box AP")
+    assert sorted(t.get_text() for t in ax.texts) == sorted(["96", "160", "288", "96", "160"])  # sizes labelled
     assert cv2.imread(str(tmp_path / "curve.png")) is not None

@@ -12,7 +12,7 @@ from detectron2.config import instantiate
 from retina_plugin.data.register import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
 from retina_plugin.config import build_any_model, load_config
-from retina_plugin.engine.lazy_training import do_train
+from retina_plugin.training.lazy_training import do_train
 
 from .conftest import CONFIGS, load_cfg
 

@@ -68,9 +68,22 @@ def test_loss_cdf_tool_end_to_end(tmp_path, capsys):
         assert f"| {row['gamma']:g} | {100 * row['positive_share_hardest_20']:.1f} % " in printed
         assert 0.2 <= row["positive_share_hardest_20"] <= 1 and 0.05 <= row["negative_share_hardest_5"] <= 1
     picture = cv2.imread(str(output))
-    assert picture is not None and picture.shape[1] > picture.shape[0] and picture.std() > 10
+    assert picture is not None and picture.shape[1] > picture.shape[0]
 
     assert ld.main(["--config-file", str(TINY_CONFIG), "--gammas", "0,x", *opts]) == 2
     assert ld.main(["--config-file", str(TINY_CONFIG), "--gammas", "-1", *opts]) == 2
     assert ld.main(["--config-file", str(TINY_CONFIG)]) == 2
     assert "MODEL.WEIGHTS is empty" in capsys.readouterr().err
+
+
+def test_loss_cdf_plot_draws_one_curve_per_gamma_in_each_panel(tmp_path):
+    rows = [{"gamma": g, "num_positives": 10, "num_negatives": 400,
+             "positive_curve": ([0.0, 0.5, 1.0], [0.0, 0.2 + 0.1 * g, 1.0]),
+             "negative_curve": ([0.0, 0.5, 1.0], [0.0, 0.05 * g, 1.0])} for g in (0.0, 2.0)]
+    figure = ld.plot_loss_cdfs(rows, str(tmp_path / "cdf.png"))
+    assert [ax.get_title() for ax in figure.axes] == ["positive samples (10)", "negative samples (400)"]
+    for ax, kind in zip(figure.axes, ("positive", "negative")):
+        assert [line.get_label() for line in ax.get_lines()] == ["γ = 0", "γ = 2"]
+        for line, row in zip(ax.get_lines(), rows):
+            assert list(line.get_ydata()) == row[f"{kind}_curve"][1]
+        assert (ax.get_xlim(), ax.get_ylim()) == ((0.0, 1.0), (0.0, 1.0))

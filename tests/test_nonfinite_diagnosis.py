@@ -12,8 +12,8 @@ from detectron2.utils.events import EventStorage
 
 from retina_plugin.data import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.engine.nonfinite_diagnosis import NonFiniteLossError, _grad_norm_findings
-from retina_plugin.engine.trainer import Trainer
+from retina_plugin.training.nonfinite_diagnosis import NonFiniteLossError, _grad_norm_findings
+from retina_plugin.training.trainer import Trainer
 
 from .conftest import REPO_ROOT, load_cfg
 

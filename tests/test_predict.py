@@ -24,6 +24,7 @@ import torch
 from retina_plugin.data.shapes import generate_shapes_split
 from retina_plugin.prediction.command_line import default_num_workers, main as predict_main
 from retina_plugin.prediction.runner import shard_items
+from retina_plugin.prediction.output_folder import PredictionFolderError
 from retina_plugin.prediction.shards import ShardWriter, finished_keys, remove_orphan_chunks
 from retina_plugin.utils.detection_sets import detection_differences
 
@@ -105,7 +106,7 @@ def test_batched_prediction_equals_default_predictor(trained_tiny, images, tmp_p
     results = json.loads((output / "coco_results.json").read_text())
     assert len(results) == total and {r["category_id"] for r in results} <= {1, 2, 3, 4}
     # A second run into the same folder without --resume would mix runs: refused.
-    with pytest.raises(FileExistsError, match="give --resume"):
+    with pytest.raises(PredictionFolderError, match="give --resume"):
         predict_main(["--config-file", str(TINY_CONFIG), "--input", str(images), "--output", str(output),
                       *_opts(trained_tiny)])
 

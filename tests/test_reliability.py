@@ -16,12 +16,13 @@ from PIL import Image
 from detectron2.data import DatasetCatalog
 from detectron2.modeling import build_model
 
-from retina_plugin.engine.checkpoint import INCOMPLETE_SUFFIX, AtomicDetectionCheckpointer
+from retina_plugin.training.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.utils.files import INCOMPLETE_SUFFIX
 from retina_plugin.config_checks import check_config
 from retina_plugin.data import register_coco_json
 from retina_plugin.data.mapper import CheckedDatasetMapper, UnreadableImageError, read_image_checked
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.engine.metrics_json import drop_records_from, latest_records
+from retina_plugin.training.metrics_json import drop_records_from, latest_records
 from retina_plugin.modeling.losses import SigmoidFocalLoss
 
 from .conftest import load_cfg
@@ -336,7 +337,7 @@ def test_plot_tool_draws_restarted_and_cut_off_metrics(tmp_path):
 
 KILLED_SAVER = """
 import sys, torch
-from retina_plugin.engine.checkpoint import AtomicDetectionCheckpointer
+from retina_plugin.training.checkpoint import AtomicDetectionCheckpointer
 model = torch.nn.Linear(1000, 1000)  # ~4 MB: each save takes a while
 checkpointer = AtomicDetectionCheckpointer(model, sys.argv[1], save_to_disk=True)
 step = 0

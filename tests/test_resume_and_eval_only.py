@@ -11,7 +11,7 @@ from PIL import Image
 
 from retina_plugin.data import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
-from retina_plugin.engine.trainer import Trainer
+from retina_plugin.training.trainer import Trainer
 
 from .conftest import REPO_ROOT, TINY_CONFIG, load_cfg
 

@@ -2,6 +2,8 @@
 The measurement helpers behind tools/benchmark.py and tools/export_model.py: detections
 compared as sets, interleaved timing, the benchmark's models sharing their weights.
 """
+import time
+
 import torch
 
 from detectron2.structures import Boxes, Instances
@@ -35,11 +37,17 @@ def test_detections_are_compared_as_sets():
 
 def test_interleaved_timing_runs_every_runner_each_round():
     calls = []
-    times, faults = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, 3, warmup=1)
+
+    def sleeping(name, seconds):
+        return lambda: (calls.append(name), time.sleep(seconds))
+
+    times, faults = time_interleaved({"a": sleeping("a", 0.02), "b": sleeping("b", 0)}, 3, warmup=1)
     assert calls == ["a", "b"] + ["a", "b"] * 3
-    assert [len(t) for t in times.values()] == [3, 3] and all(t >= 0 for t in times["a"])
+    # Times in ms, per call: a sleep is a lower bound whatever the machine's load.
+    assert [len(t) for t in times.values()] == [3, 3] and all(t >= 20 for t in times["a"])
     assert set(faults) == {"a", "b"}
-    assert median_latency_ms(lambda: sum(range(1000)), 3) > 0
+    calls.clear()
+    assert median_latency_ms(sleeping("c", 0.01), 3, warmup=2) >= 10 and len(calls) == 5
     assert p90([5, 1, 3, 2, 4, 6, 7, 8, 9, 10]) == 9
 
 

@@ -13,7 +13,7 @@ from detectron2.modeling.test_time_augmentation import DatasetMapperTTA
 from retina_plugin.data.register import register_coco_json
 from retina_plugin.data.shapes import generate_shapes_split
 from retina_plugin.modeling import FocalRetinaNetWithTTA
-from retina_plugin.engine.trainer import Trainer
+from retina_plugin.training.trainer import Trainer
 
 from .conftest import load_cfg
 

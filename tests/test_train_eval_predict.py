@@ -246,3 +246,11 @@ def test_plot_metrics_small_file(tmp_path):
     assert plot_metrics.main([str(metrics)]) == 0
     picture = cv2.imread(str(tmp_path / "metrics.png"))
     assert picture.shape == (400, 1500, 3)  # three panels: losses, lr, AP
+    losses, lr, ap = plot_metrics.plot_metrics(plot_metrics.read_metrics(str(metrics)), str(tmp_path / "again.png")).axes
+    assert [line.get_label() for line in losses.get_lines()] == list(plot_metrics.LOSS_KEYS)
+    total = losses.get_lines()[list(plot_metrics.LOSS_KEYS).index("total_loss")]
+    assert list(total.get_xdata()) == list(range(0, 100, 10))
+    assert list(total.get_ydata()) == [2.0 / (i + 1) for i in range(0, 100, 10)]
+    assert list(lr.get_lines()[0].get_ydata()) == [0.01] * 10
+    # AP75 is NaN everywhere: it is not drawn; AP and AP50 are, at iteration 100.
+    assert {line.get_label(): list(line.get_ydata()) for line in ap.get_lines()} == {"bbox/AP": [12.5], "bbox/AP50": [30.0]}

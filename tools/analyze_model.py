@@ -12,7 +12,7 @@ import argparse
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
 from retina_plugin.experiments.model_analysis import analyze_model, format_analysis
-from retina_plugin.config import build_any_model, load_config, test_resize
+from retina_plugin.config import build_any_model, inference_resize, load_config
 
 
 def main(argv=None) -> str:
@@ -26,7 +26,7 @@ def main(argv=None) -> str:
     if hasattr(cfg, "MODEL"):
         cfg.MODEL.DEVICE = "cpu"
     model = build_any_model(cfg).to("cpu")
-    height, width = args.size if args.size else [min(test_resize(cfg)[:2])] * 2
+    height, width = args.size if args.size else [min(inference_resize(cfg)[:2])] * 2
     table = format_analysis(analyze_model(model, height, width))
     print(table)
     return table

@@ -8,7 +8,7 @@ detectron2-based models, batch 1 inference and batch 2 training steps, and of th
     python tools/benchmark.py --config-file configs/retina_R50.yaml --size 800 1216 --json out.json
 
 Models are interleaved within each repeat, so that load from other jobs hits all of them alike.
-The process keeps freed memory (retina_plugin.engine.allocator; RETINA_PLUGIN_ALLOCATOR=default
+The process keeps freed memory (retina_plugin.entry_points.allocator; RETINA_PLUGIN_ALLOCATOR=default
 times glibc's default). On the CPU, peak memory is the peak resident set size of a fresh
 subprocess (glibc's default allocator) during one call minus its resident set size before the
 call, after the model and inputs are built and, for engines, one warm-up call (Linux: VmHWM of
@@ -41,7 +41,7 @@ import torch
 
 import retina_plugin  # noqa: F401
 from retina_plugin.config import load_config
-from retina_plugin.engine.allocator import allocator_setting, configure_allocator
+from retina_plugin.entry_points.allocator import allocator_setting, configure_allocator
 from retina_plugin.deploy import build_engine_model
 from retina_plugin.experiments.speed_benchmark import (
     LOSSES,

@@ -5,11 +5,11 @@ cores; img/s of each way and how many images' detections differ from the loop's 
 
     python tools/benchmark_prediction.py --weights output/demo/model_final.pth --images 1000
 
-See retina_plugin/prediction/benchmark.py.
+See retina_plugin/experiments/prediction_benchmark.py.
 """
 import sys
 
-from retina_plugin.prediction.benchmark import main
+from retina_plugin.experiments.prediction_benchmark import main
 
 if __name__ == "__main__":
     sys.exit(main())

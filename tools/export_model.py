@@ -8,6 +8,7 @@ Export a trained FocalRetinaNet and check it against eager mode before reporting
     # one standalone file, image in, detections out (NMS inside):
     python tools/export_model.py --config-file configs/demo_R18_cpu.yaml --format torchscript \
         --output exported/ MODEL.WEIGHTS output/demo/model_final.pth
+    python tools/export_model.py --verify engines/demo_openvino_int8   # its check again, here
 
 Run an engine with retina_plugin.deploy.EnginePredictor(cfg, DIR), train_net.py --eval-only
 --engine DIR, demo.py --engine DIR or tools/predict.py --engine DIR.

@@ -13,7 +13,7 @@ from detectron2.config import LazyConfig, instantiate
 from detectron2.engine import default_argument_parser, default_setup, launch
 
 import retina_plugin  # noqa: F401  (registers FocalRetinaNet, its parts and the datasets)
-from retina_plugin.engine.lazy_training import do_test, do_train
+from retina_plugin.training.lazy_training import do_test, do_train
 
 
 def main(args):

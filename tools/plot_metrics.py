@@ -14,7 +14,7 @@ from typing import Dict, List
 
 import matplotlib
 
-from retina_plugin.engine.metrics_json import latest_records
+from retina_plugin.training.metrics_json import latest_records
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -63,7 +63,8 @@ def series(records: List[Dict], key: str):
     return [p[0] for p in points], [p[1] for p in points]
 
 
-def plot_metrics(records: List[Dict], output: str, title: str = "") -> str:
+def plot_metrics(records: List[Dict], output: str, title: str = ""):
+    """Losses, learning rate and (if any) AP against iteration, saved to ``output``; returns the Figure."""
     has_eval = any(k in r for r in records for k in AP_KEYS)
     num_panels = 3 if has_eval else 2
     fig, axes = plt.subplots(1, num_panels, figsize=(5 * num_panels, 4))
@@ -89,7 +90,7 @@ def plot_metrics(records: List[Dict], output: str, title: str = "") -> str:
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     fig.savefig(output, dpi=100)
     plt.close(fig)
-    return output
+    return fig
 
 
 def main(argv=None):

@@ -13,7 +13,7 @@ import math
 import sys
 
 from retina_plugin.config import load_config
-from retina_plugin.engine.nonfinite_diagnosis import replay, saved_config
+from retina_plugin.training.nonfinite_diagnosis import replay, saved_config
 
 
 def main(argv=None) -> int:

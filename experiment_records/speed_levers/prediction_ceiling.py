@@ -19,7 +19,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
-from retina_plugin.engine.defaults import setup_config, setup_process
+from retina_plugin.entry_points.defaults import setup_config, setup_process
 from retina_plugin.utils.timing import time_interleaved
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from detectron2.data import transforms as T
 from fvcore.transforms.transform import Transform
 
-from ..config_checks import check_value
+from ..config_domains import EXTRA_AUGMENTATION_NAMES, check_value
 
 __all__ = ["EXTRA_AUGMENTATIONS", "Rotate90Transform", "RandomRotate90", "build_extra_augmentations"]
 
@@ -67,12 +67,13 @@ def _color_jitter() -> List[T.Augmentation]:
     return [T.RandomBrightness(0.8, 1.2), T.RandomContrast(0.8, 1.2), T.RandomSaturation(0.8, 1.2)]
 
 
-# name -> () -> augmentations
+# name -> () -> augmentations; the names are the config's domain (config_domains).
 EXTRA_AUGMENTATIONS = {
     "VerticalFlip": lambda: [T.RandomFlip(horizontal=False, vertical=True)],
     "Rotate90": lambda: [RandomRotate90()],
     "ColorJitter": _color_jitter,
 }
+assert tuple(EXTRA_AUGMENTATIONS) == EXTRA_AUGMENTATION_NAMES
 
 
 def build_extra_augmentations(cfg) -> List[T.Augmentation]:

@@ -21,7 +21,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.utils.file_io import PathManager
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 from .augmentation import build_extra_augmentations
 
 __all__ = ["UnreadableImageError", "read_image_checked", "CheckedDatasetMapper"]

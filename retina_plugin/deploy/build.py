@@ -293,7 +293,7 @@ def build_engine(
 
 def write_engine_metadata(output_dir: str, metadata: Dict) -> None:
     """engine.json in ``output_dir``, written atomically."""
-    from ..engine.checkpoint import atomic_write
+    from ..utils.files import atomic_write
 
     atomic_write(os.path.join(output_dir, ENGINE_FILE),
                  lambda f: json.dump(metadata, f, indent=1), mode="w")

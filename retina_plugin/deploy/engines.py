@@ -11,17 +11,22 @@ the engine's profile work everywhere.
 
 An engine is a folder: ``engine.json`` (how it was made: source config and weights hash,
 backend and its version, precision, accepted input sizes, the check against eager mode) and
-the backend's file(s). Loading checks all of it: an engine made with another backend version,
-or fed a batch outside its profile, is refused with a message that says what to do.
+the backend's file(s). Loading checks all of it: an engine made with another major version of
+its backend (for TensorRT: any other version), or fed a batch outside its profile, is refused
+with a message that says what to do; one made with another release of the same major version
+loads, with a warning naming the command that re-runs its check here.
 """
 import importlib
 import json
+import logging
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor
+
+from detectron2.utils.logger import log_first_n
 
 __all__ = [
     "ENGINE_FILE",
@@ -32,6 +37,7 @@ __all__ = [
     "InputProfile",
     "InferenceEngine",
     "backend_version",
+    "version_compatible",
     "available_backends",
     "read_engine_metadata",
     "load_engine",
@@ -103,6 +109,24 @@ def backend_version(backend: str) -> Optional[str]:
         return None
     version = getattr(module, "__version__", None) or getattr(module, "get_version", lambda: None)()
     return str(version).split("-")[0] if version else "unknown"
+
+
+# backend -> which versions run an engine made with another one
+_COMPATIBILITY = {
+    "onnxruntime": "ONNX files run on any release of the same major version",
+    "openvino": "OpenVINO IR files run on any release of the same major version",
+    "tensorrt": "a TensorRT plan runs only on the exact TensorRT version that built it",
+}
+
+
+def version_compatible(backend: str, made_with: str, installed: str) -> bool:
+    """
+    Whether an engine made with ``made_with`` runs on ``installed``: ONNX and OpenVINO IR
+    files carry their format across releases of one major version; TensorRT plans do not.
+    """
+    if backend == "tensorrt":
+        return made_with == installed
+    return made_with.split(".")[0] == installed.split(".")[0]
 
 
 def _cuda_available() -> bool:
@@ -282,11 +306,17 @@ def load_engine(path: str, threads: Optional[int] = None) -> InferenceEngine:
     if installed is None:
         raise EngineError(f"{directory}: a {backend} engine, but {backend} is not installed here "
                           f"({_INSTALL[backend]})")
-    if installed != metadata["backend_version"]:
-        raise EngineError(
-            f"{directory} was made with {backend} {metadata['backend_version']}, and this machine "
-            f"has {backend} {installed}: engines are tied to the backend version that made them. "
-            "Export it again here with tools/export_model.py (the source config and weights "
-            f"are named in {ENGINE_FILE})"
-        )
+    made_with = metadata["backend_version"]
+    if installed != made_with:
+        if not version_compatible(backend, made_with, installed):
+            raise EngineError(
+                f"{directory} was made with {backend} {made_with}, and this machine has {backend} "
+                f"{installed}: {_COMPATIBILITY[backend]}. Export it again here with "
+                f"tools/export_model.py (the source config and weights are named in {ENGINE_FILE})")
+        checked_with = (metadata.get("verification") or {}).get("backend_version")
+        if checked_with != installed:
+            log_first_n(logging.WARNING, f"{directory} was made with {backend} {made_with} and runs on "
+                        f"{installed} here (the same major release: its file format is the same). "
+                        f"Re-run its check with: python tools/export_model.py --verify {directory}",
+                        n=1, key="message")
     return _ENGINE_CLASSES[backend](directory, metadata, threads)

@@ -12,6 +12,8 @@ what was written against eager mode before reporting success.
   engines are scored by COCOEvaluator on evaluation images that calibration did not use, and
   refused (non-zero exit, and an engine that will not load) when they lose more than
   ``--max-ap-drop`` AP.
+- ``--verify ENGINE``: the same check again, here, for an engine made elsewhere or with another
+  release of its backend.
 """
 import argparse
 import os
@@ -21,24 +23,25 @@ from typing import Dict, List, Optional, Sequence
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.config import CfgNode
+from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
 from detectron2.data import transforms as T
 
-from ..config import build_any_model, load_config, model_weights, test_resize
+from ..config import add_retina_config, build_any_model, inference_resize, load_config, model_weights
 from ..data import register_datasets_from_config
 from ..data.mapper import read_image_checked
-from ..engine.defaults import setup_logging, setup_process
+from ..entry_points.defaults import setup_logging, setup_process
 from ..utils.timing import median_latency_ms
 from ..utils.files import file_sha256
 from .build import build_engine, default_profile, write_engine_metadata
-from .engines import PRECISIONS, SUPPORTED, EngineError, InputProfile
+from .engines import PRECISIONS, SUPPORTED, EngineError, InputProfile, backend_version, read_engine_metadata
 from .export import FORMATS, METHODS, export_model, load_exported, resized_copies, run_eager, run_exported, verify_exported
 from .predictor import build_engine_model
 from .verification import calibration_batches, compare_with_eager, evaluate_ap, held_out_subset, mapped_test_images
 
 __all__ = ["ENGINE_FORMATS", "STANDALONE_FORMATS", "argument_parser", "main"]
 
+DEFAULT_MAX_AP_DROP = 1.0
 # --format -> backend
 ENGINE_FORMATS = {"onnx": "onnxruntime", "openvino": "openvino", "tensorrt": "tensorrt"}
 # --format -> export.py's format
@@ -50,7 +53,10 @@ def argument_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Export FocalRetinaNet (a standalone file or a deployment engine) and check it "
         "against eager mode", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--config-file", required=True, metavar="FILE", help=".yaml (or .py for torchscript)")
+    parser.add_argument("--config-file", metavar="FILE", help=".yaml (or .py for torchscript)")
+    parser.add_argument("--verify", metavar="ENGINE",
+                        help="run an engine's check against eager mode again here (config, weights and "
+                        "calibration images from its engine.json; KEY VALUE overrides apply)")
     parser.add_argument("--format", choices=list(STANDALONE_FORMATS) + list(ENGINE_FORMATS), default="torchscript")
     parser.add_argument("--export-method", choices=METHODS, default="tracing",
                         help="torchscript only; the ONNX formats are traced")
@@ -63,12 +69,13 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="engines: dataset of the check against eager mode (default: the first of DATASETS.TEST)")
     parser.add_argument("--evaluation-images", type=int, default=0, metavar="N",
                         help="fp16/int8: score on at most N held-out images (0: all)")
-    parser.add_argument("--max-ap-drop", type=float, default=1.0,
-                        help="fp16/int8: the most AP the engine may lose against eager mode")
+    parser.add_argument("--max-ap-drop", type=float, default=None,
+                        help=f"fp16/int8: the most AP the engine may lose against eager mode (default "
+                        f"{DEFAULT_MAX_AP_DROP}; with --verify, the engine's own)")
     parser.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"),
                         help="engines: largest padded input accepted (default: INPUT.MAX_SIZE_TEST squared)")
     parser.add_argument("--max-batch", type=int, default=16, help="engines: largest batch accepted")
-    parser.add_argument("--output", required=True, metavar="DIR", help="folder for the exported file / engine")
+    parser.add_argument("--output", metavar="DIR", help="folder for the exported file / engine")
     parser.add_argument("--sample-image", metavar="IMG",
                         help="standalone formats: image to trace and check (default: first of DATASETS.TEST)")
     parser.add_argument("--benchmark", type=int, default=0, metavar="N",
@@ -82,7 +89,7 @@ def sample_image(cfg, path: str) -> torch.Tensor:
     ``path`` (or the first image of the config's test set), resized as DefaultPredictor does:
     a float (3, H, W) tensor in INPUT.FORMAT.
     """
-    min_size, max_size, image_format = test_resize(cfg)
+    min_size, max_size, image_format = inference_resize(cfg)
     if not path:
         test_sets = cfg.DATASETS.TEST if hasattr(cfg, "DATASETS") else [cfg.dataloader.test.dataset.names]
         if not test_sets:
@@ -147,6 +154,61 @@ def _check_ap(model, engine_model, cfg, dataset: str, calibration_files: List[st
             "ap_drop": drop, "max_ap_drop": args.max_ap_drop, "passed": drop <= args.max_ap_drop}
 
 
+def _verify_and_record(model, engine_model, cfg, metadata: Dict, evaluation: str,
+                       calibration_files: List[str], args) -> None:
+    """The engine's check against eager mode, recorded in its engine.json; exits if it fails."""
+    if metadata["precision"] == "fp32":
+        verification = _check_fp32(model, engine_model, cfg, evaluation)
+    else:
+        verification = _check_ap(model, engine_model, cfg, evaluation, calibration_files, args)
+    verification["backend_version"] = backend_version(metadata["backend"])
+    metadata["verification"] = verification
+    write_engine_metadata(args.output, metadata)
+    if not verification["passed"]:
+        sys.exit(f"export_model.py: the {metadata['backend']} {metadata['precision']} engine in {args.output} "
+                 "FAILED its check against eager mode (see above); it is marked so in engine.json and will not load")
+
+
+def verify_engine(args) -> str:
+    """
+    ``--verify ENGINE``: run an engine's check against eager mode again here (after a backend
+    update, on another machine), with the config, weights and calibration images its
+    engine.json names; ``opts`` override the config (e.g. MODEL.WEIGHTS where the weights
+    moved). Records the result, with the backend version it ran on, in engine.json.
+    """
+    directory, metadata = read_engine_metadata(args.verify)
+    source = metadata.get("source", {})
+    cfg = get_cfg()
+    add_retina_config(cfg)
+    cfg.merge_from_other_cfg(CfgNode.load_cfg(source["config"]))
+    cfg.merge_from_list(list(args.opts))
+    cfg.MODEL.DEVICE = "cpu"
+    register_datasets_from_config(cfg)
+    weights = model_weights(cfg)
+    if source.get("weights_sha256") and os.path.isfile(weights) and file_sha256(weights) != source["weights_sha256"]:
+        raise SystemExit(f"export_model.py: {weights} is not the file {directory} was made from (its SHA-256 "
+                         f"differs from engine.json's); give MODEL.WEIGHTS of the weights it was exported from")
+    model = build_any_model(cfg).to("cpu").eval()
+    DetectionCheckpointer(model).load(weights)
+    previous = metadata.pop("verification", None) or {}  # an earlier failure must not stop it loading
+    write_engine_metadata(directory, metadata)
+    try:
+        engine_model = build_engine_model(cfg, directory)
+    except EngineError as e:
+        sys.exit(f"export_model.py: {e}")
+    args.output = directory
+    if args.max_ap_drop is None:
+        args.max_ap_drop = previous.get("max_ap_drop", DEFAULT_MAX_AP_DROP)
+    calibration = source.get("calibration_dataset")
+    ids = set(source.get("calibration_image_ids") or [])
+    files = [d["file_name"] for d in DatasetCatalog.get(calibration) if d.get("image_id") in ids] if calibration else []
+    evaluation = args.evaluation_dataset or _first(cfg.DATASETS.TEST, "--evaluation-dataset", "DATASETS.TEST")
+    _verify_and_record(model, engine_model, cfg, metadata, evaluation, files, args)
+    print(f"{directory}: {metadata['backend']} {backend_version(metadata['backend'])} {metadata['precision']} "
+          "passed its check against eager mode here.")
+    return directory
+
+
 def _export_engine(args, cfg, model) -> str:
     if not isinstance(cfg, CfgNode):
         raise SystemExit("export_model.py: engines are made from yaml configs")
@@ -157,31 +219,23 @@ def _export_engine(args, cfg, model) -> str:
     if args.max_size:
         profile = InputProfile(args.max_batch, profile.min_size, args.max_size)
     evaluation = args.evaluation_dataset or _first(cfg.DATASETS.TEST, "--evaluation-dataset", "DATASETS.TEST")
-    batches, calibration_files = None, []
+    batches, calibration, used = None, None, []
     if args.precision == "int8":
         calibration = args.calibration_dataset or _first(cfg.DATASETS.TRAIN, "--calibration-dataset", "DATASETS.TRAIN")
-        batches, calibration_files = calibration_batches(model, cfg, calibration, args.calibration_images)
+        batches, used = calibration_batches(model, cfg, calibration, args.calibration_images)
         print(f"Calibrating on {len(batches)} images of {calibration}")
     weights = model_weights(cfg)
     source = {"config_file": os.path.abspath(args.config_file), "opts": list(args.opts),
               "weights": weights, "weights_sha256": file_sha256(weights) if os.path.isfile(weights) else None,
-              "calibration_dataset": args.calibration_dataset if batches else None}
+              "calibration_dataset": calibration,
+              "calibration_image_ids": [u["image_id"] for u in used] if batches else None}
     try:
         metadata = build_engine(model, cfg, args.output, backend, args.precision, profile, batches, source)
         engine_model = build_engine_model(cfg, args.output)
     except EngineError as e:
         sys.exit(f"export_model.py: {e}")
-    if args.precision == "fp32":
-        verification = _check_fp32(model, engine_model, cfg, evaluation)
-    else:
-        verification = _check_ap(model, engine_model, cfg, evaluation, calibration_files, args)
-    metadata["verification"] = verification
-    write_engine_metadata(args.output, metadata)
-    what = f"{args.format} {args.precision} engine in {args.output}"
-    if not verification["passed"]:
-        sys.exit(f"export_model.py: the {what} FAILED its check against eager mode (see above); it is "
-                 "marked so in engine.json and will not load")
-    print(f"Wrote the {what}; it passed its check against eager mode.")
+    _verify_and_record(model, engine_model, cfg, metadata, evaluation, [u["file_name"] for u in used], args)
+    print(f"Wrote the {args.format} {args.precision} engine in {args.output}; it passed its check against eager mode.")
     if args.benchmark:
         inputs = mapped_test_images(cfg, evaluation, 0, 1)
         with torch.no_grad():
@@ -196,6 +250,12 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     args = argument_parser().parse_args(argv)
     setup_process()
     setup_logging()
+    if args.verify:
+        return verify_engine(args)
+    if not (args.config_file and args.output):
+        raise SystemExit("export_model.py: give --config-file and --output (or --verify ENGINE)")
+    if args.max_ap_drop is None:
+        args.max_ap_drop = DEFAULT_MAX_AP_DROP
     cfg = load_config(args.config_file, args.opts)
     if isinstance(cfg, CfgNode):  # yaml; export on the CPU (a TensorRT engine builds on the GPU)
         cfg.MODEL.DEVICE = "cpu"

@@ -50,7 +50,7 @@ def build_engine_model(cfg, path: str, threads=None) -> nn.Module:
     model = build_model(cfg).eval()
     model.backbone.to("meta")
     model.head.to("meta")
-    model.inference_engine = engine
+    model.attach_engine(engine)
     return model
 
 

@@ -40,16 +40,17 @@ def mapped_test_images(cfg, dataset_name: str, first: int = 0, count: Optional[i
 
 
 @torch.no_grad()
-def calibration_batches(model: nn.Module, cfg, dataset_name: str, num_images: int) -> Tuple[List[Tensor], List[str]]:
+def calibration_batches(model: nn.Module, cfg, dataset_name: str, num_images: int) -> Tuple[List[Tensor], List[Dict]]:
     """
     The first ``num_images`` images of ``dataset_name``, each normalized and padded as the
-    model feeds its backbone: batches (1, 3, H, W), and their file names.
+    model feeds its backbone: batches (1, 3, H, W), and which images they are
+    (``{"file_name", "image_id"}`` each).
     """
     inputs = mapped_test_images(cfg, dataset_name, 0, num_images)
     if not inputs:
         raise ValueError(f"calibration dataset {dataset_name!r} has no images")
     batches = [model.preprocess_image([x]).tensor.cpu() for x in inputs]
-    return batches, [x["file_name"] for x in inputs]
+    return batches, [{"file_name": x["file_name"], "image_id": x.get("image_id")} for x in inputs]
 
 
 @torch.no_grad()

@@ -137,10 +137,11 @@ def loss_distribution(
     return rows
 
 
-def plot_loss_cdfs(rows: List[Dict], path: str, title: str = "") -> None:
+def plot_loss_cdfs(rows: List[Dict], path: str, title: str = ""):
     """
     Two panels, positives and negatives: cumulative normalized loss against the fraction of
     samples (easiest first), one curve per gamma, as in the paper's Figure 4.
+    Returns the matplotlib Figure (saved to ``path``, closed).
     """
     import matplotlib
 
@@ -164,6 +165,7 @@ def plot_loss_cdfs(rows: List[Dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def shares_table(rows: List[Dict]) -> str:

@@ -91,8 +91,11 @@ def curve_markdown(rows: List[Dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot_curve(rows: List[Dict], path: str, title: str = "") -> None:
-    """AP against ms/img, one curve per model, each point labelled with its test size."""
+def plot_curve(rows: List[Dict], path: str, title: str = ""):
+    """
+    AP against ms/img, one curve per model, each point labelled with its test size. Returns
+    the matplotlib Figure (saved to ``path``, closed).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -113,6 +116,7 @@ def plot_curve(rows: List[Dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -137,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from detectron2.modeling import build_model
 
     from ..deploy.predictor import build_engine_model
-    from ..engine.defaults import setup_config, setup_logging, setup_process
+    from ..entry_points.defaults import setup_config, setup_logging, setup_process
     from ..data import register_datasets_from_config
 
     args = argument_parser().parse_args(argv)

@@ -13,7 +13,7 @@ from .losses import (
     build_classification_loss,
     sigmoid_focal_loss,
 )
-from .meta_arch import FocalRetinaNet
+from .meta_arch import FocalRetinaNet, StaleEngineError
 from .test_time_augmentation import FocalRetinaNetWithTTA
 from .ohem import OHEMLoss
 from .quality_focal_loss import QualityFocalLoss

@@ -23,7 +23,7 @@ from detectron2.modeling.matcher import Matcher
 from detectron2.structures import Boxes, pairwise_iou
 from detectron2.utils.registry import Registry
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 from .registry import get_registered
 
 __all__ = [
@@ -51,10 +51,9 @@ def build_anchor_assigner(cfg, num_anchors_per_location: int) -> nn.Module:
     Args:
         num_anchors_per_location: A, anchors per feature-map location (the same on all levels).
     """
-    name = cfg.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER
-    name = ANCHOR_ASSIGNER_ALIASES.get(name, name)
     return get_registered(
-        ANCHOR_ASSIGNER_REGISTRY, name, "MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER"
+        ANCHOR_ASSIGNER_REGISTRY, cfg.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER, "MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER",
+        ANCHOR_ASSIGNER_ALIASES,
     )(cfg, num_anchors_per_location)
 
 

@@ -12,7 +12,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 
 __all__ = ["build_focal_retinanet_resnet_fpn_backbone"]
 

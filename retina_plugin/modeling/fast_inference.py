@@ -6,19 +6,25 @@ detectron2 runs FrozenBatchNorm2d as a separate multiply-add over every activati
 backbone; folded into the conv's weights and bias it costs nothing. oneDNN's convolutions are
 faster on channels_last (NHWC) tensors than on NCHW ones on CPU.
 
-The model owns the copy as explicit state (``FocalRetinaNet.inference_copy``): built by
-``prepare_for_inference()`` (or by the first eval-mode forward), dropped by ``train()``,
-``load_state_dict()`` and ``.to()``; see :class:`~retina_plugin.modeling.FocalRetinaNet`.
+The model owns the copy as explicit state (``FocalRetinaNet.inference_copy``), built by
+``prepare_for_inference()`` or the first eval-mode forward. The copy records the
+:class:`~retina_plugin.modeling.weights_version.WeightsVersion` of the modules it was folded
+from, and the model builds it anew whenever their weights changed since, however they were
+changed. The modules themselves run instead where the copy would answer differently: a
+submodule in training mode (batch statistics) or a forward hook on any submodule (a hook must
+fire, with the module it was registered on).
 """
 import copy
-from typing import List, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from detectron2.layers import Conv2d as NormConv2d
 
-__all__ = ["FoldedBackboneAndHead", "fold_norm_into_conv"]
+from .weights_version import WeightsVersion
+
+__all__ = ["FoldedBackboneAndHead", "fold_norm_into_conv", "folded_copy_applies"]
 
 
 def _foldable_norm(module: nn.Module) -> bool:
@@ -63,6 +69,25 @@ def _folded(module: nn.Module, channels_last: bool) -> nn.Module:
     return fast
 
 
+def folded_copy_applies(modules: Sequence[nn.Module]) -> Tuple[bool, str]:
+    """
+    Whether a folded copy of ``modules`` computes what they compute now, and if not, why:
+    not when a submodule is in training mode or has a forward (pre-)hook, or a global module
+    hook is registered.
+    """
+    from torch.nn.modules import module as module_globals
+
+    if module_globals._global_forward_hooks or module_globals._global_forward_pre_hooks:
+        return False, "a global module forward hook is registered"
+    for root in modules:
+        for name, module in root.named_modules():
+            if module.training:
+                return False, f"{type(root).__name__} submodule {name!r} is in training mode"
+            if module._forward_hooks or module._forward_pre_hooks:
+                return False, f"{type(root).__name__} submodule {name!r} has a forward hook"
+    return True, ""
+
+
 class FoldedBackboneAndHead:
     """
     A folded, channels_last copy of a detector's backbone and head, called like the pair:
@@ -73,10 +98,16 @@ class FoldedBackboneAndHead:
 
     def __init__(self, backbone: nn.Module, head: nn.Module, head_in_features: List[str],
                  channels_last: bool = True):
+        # Recorded before copying: what the copy was folded from.
+        self.source_version = WeightsVersion([backbone, head])
         self.backbone = _folded(backbone, channels_last)
         self.head = _folded(head, channels_last)
         self.head_in_features = list(head_in_features)
         self.channels_last = channels_last
+
+    def is_current(self, backbone: nn.Module, head: nn.Module) -> bool:
+        """Whether ``backbone`` and ``head`` still hold the weights this copy was folded from."""
+        return self.source_version.matches([backbone, head])
 
     def __call__(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
         if self.channels_last:

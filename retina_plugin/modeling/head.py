@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import CycleBatchNormList, ShapeSpec, get_norm
 from detectron2.utils.registry import Registry
 
-from ..config_checks import anchors_per_location
+from ..config_domains import anchors_per_location
 from .registry import get_registered
 
 __all__ = ["FOCAL_RETINANET_HEAD_REGISTRY", "FocalRetinaNetHead", "build_focal_retinanet_head"]

@@ -17,7 +17,7 @@ from detectron2.layers import ciou_loss, diou_loss
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils.registry import Registry
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 from .fused_focal_loss import fused_sigmoid_focal_loss_from_labels
 from .registry import get_registered
 
@@ -112,9 +112,10 @@ def build_classification_loss(cfg) -> nn.Module:
 
 
 def build_box_loss(cfg) -> nn.Module:
-    name = cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE
-    name = BOX_LOSS_TYPE_ALIASES.get(name, name)
-    return get_registered(BOX_LOSS_REGISTRY, name, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE")(cfg)
+    return get_registered(
+        BOX_LOSS_REGISTRY, cfg.MODEL.RETINANET.BBOX_REG_LOSS_TYPE, "MODEL.RETINANET.BBOX_REG_LOSS_TYPE",
+        BOX_LOSS_TYPE_ALIASES,
+    )(cfg)
 
 
 @CLASSIFICATION_LOSS_REGISTRY.register()

@@ -1,6 +1,7 @@
 """
 FocalRetinaNet: the one-stage detector of :paper:`RetinaNet`, as a detectron2 meta-architecture.
 """
+import logging
 import math
 from typing import Callable, Dict, List, Optional, Tuple, Union
 
@@ -18,18 +19,26 @@ from detectron2.modeling.postprocessing import detector_postprocess
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.logger import log_first_n
 
-from ..config_checks import anchors_per_location, check_model_config, check_value
+from ..config_domains import anchors_per_location, check_model_values, check_value
 from .assigners import build_anchor_assigner
-from .fast_inference import FoldedBackboneAndHead
+from .fast_inference import FoldedBackboneAndHead, folded_copy_applies
 from .head import build_focal_retinanet_head
 from .losses import build_box_loss, build_classification_loss
 from .quality_focal_loss import predicted_box_ious
+from .weights_version import WeightsVersion
 
-__all__ = ["FocalRetinaNet"]
+__all__ = ["FocalRetinaNet", "StaleEngineError"]
+
+logger = logging.getLogger(__name__)
 
 # (normalized, padded images (N, 3, H, W)) -> (features per level, [logits, deltas] per level)
 DensePredictor = Callable[[Tensor], Tuple[List[Tensor], List[List[Tensor]]]]
+
+
+class StaleEngineError(RuntimeError):
+    """An attached engine asked to answer for weights the model no longer has."""
 
 
 @META_ARCH_REGISTRY.register()
@@ -44,11 +53,12 @@ class FocalRetinaNet(DenseDetector):
 
     Backbone and head run in :meth:`features_and_predictions`, the one place that computes
     them. In eval mode, with ``fast_inference``, it runs ``inference_copy``, a copy of both
-    with the norms folded into the convs (:mod:`retina_plugin.modeling.fast_inference`): built by
-    :meth:`prepare_for_inference` or the first eval-mode call, dropped by ``train()``,
-    ``load_state_dict()`` and ``.to()``. Weights changed in place in eval mode (not through
-    those) need ``prepare_for_inference(rebuild=True)``. An ``inference_engine``
-    (:mod:`retina_plugin.deploy`) takes its place when one is attached.
+    with the norms folded into the convs (:mod:`retina_plugin.modeling.fast_inference`), built
+    by :meth:`prepare_for_inference` or the first eval-mode call and built anew whenever the
+    weights changed since (see :mod:`retina_plugin.modeling.weights_version`); the modules
+    themselves run while a submodule is in training mode or has a forward hook. An engine
+    attached with :meth:`attach_engine` (:mod:`retina_plugin.deploy`) takes its place, and
+    refuses to answer once the model's weights changed after it was attached.
     """
 
     @configurable
@@ -121,13 +131,15 @@ class FocalRetinaNet(DenseDetector):
         self.input_format = input_format
         self.fast_inference = fast_inference
         # Derived state, never in the state_dict (plain attributes, not submodules): the
-        # folded copy of backbone + head, and an attached deployment engine.
+        # folded copy of backbone + head, an attached deployment engine and the weights the
+        # model had when it was attached.
         self.inference_copy: Optional[FoldedBackboneAndHead] = None
         self.inference_engine: Optional[DensePredictor] = None
+        self._engine_weights: Optional[WeightsVersion] = None
 
     @classmethod
     def from_config(cls, cfg):
-        check_model_config(cfg)
+        check_model_values(cfg)
         backbone = build_backbone(cfg)
         backbone_shapes = backbone.output_shape()
         in_features = list(cfg.MODEL.RETINANET.IN_FEATURES)
@@ -214,35 +226,78 @@ class FocalRetinaNet(DenseDetector):
             # Export traces the modules themselves.
             return None
         if self.inference_engine is not None:
+            self._check_engine_weights()
             return self.inference_engine
-        if self.fast_inference:
-            return self.prepare_for_inference()
-        return None
+        if not self.fast_inference:
+            return None
+        applies, why_not = folded_copy_applies([self.backbone, self.head])
+        if not applies:
+            log_first_n(logging.INFO, f"FocalRetinaNet: the folded fast path stands aside while {why_not}; "
+                        "the modules themselves run", n=1, key="caller")
+            return None
+        return self.prepare_for_inference()
 
     @torch.jit.unused
     def prepare_for_inference(self, rebuild: bool = False) -> FoldedBackboneAndHead:
         """
-        Build ``inference_copy`` (backbone and head with folded norms, channels_last) unless it
-        exists; ``rebuild``: build it anew (after changing weights in place in eval mode).
+        ``inference_copy`` (backbone and head with folded norms, channels_last), built anew when
+        missing, when the weights changed since it was built, or when ``rebuild`` (after writes
+        through ``param.data``, which torch does not count).
         """
-        if self.inference_copy is None or rebuild:
+        copy = self.inference_copy
+        if copy is None or rebuild or not copy.is_current(self.backbone, self.head):
             self.inference_copy = None  # free the old copy before building the new one
             self.inference_copy = FoldedBackboneAndHead(self.backbone, self.head, self.head_in_features)
         return self.inference_copy
 
+    @torch.jit.unused
+    def attach_engine(self, engine: DensePredictor) -> None:
+        """
+        Run ``engine`` (:mod:`retina_plugin.deploy`) in place of backbone and head in eval
+        mode. It answers only while the model's backbone and head weights stay those it had
+        when the engine was attached.
+        """
+        self.inference_engine = engine
+        self._engine_weights = WeightsVersion([self.backbone, self.head])
+
+    @torch.jit.unused
+    def detach_engine(self) -> Optional[DensePredictor]:
+        """Stop running the attached engine (returned); backbone and head run again."""
+        engine, self.inference_engine, self._engine_weights = self.inference_engine, None, None
+        return engine
+
+    @torch.jit.unused
+    def _check_engine_weights(self) -> None:
+        if self._engine_weights is None:
+            # Attached by assignment: from now on, these weights are the engine's.
+            self._engine_weights = WeightsVersion([self.backbone, self.head])
+        elif not self._engine_weights.matches([self.backbone, self.head]):
+            raise StaleEngineError(
+                f"the engine {self.inference_engine!r} is attached to this model, and the model's "
+                "backbone or head weights changed after it was attached (load_state_dict, copy_, "
+                ".to(), ...); the engine still computes the weights it was made from. Call "
+                "model.detach_engine() to run the model's own weights, or export the new weights "
+                "(tools/export_model.py) and attach that engine (model.attach_engine(load_engine(...)))"
+            )
+
     def train(self, mode: bool = True):
         if mode:
-            self.inference_copy = None
+            self.inference_copy = None  # frees its memory; it would be rebuilt anyway
         return super().train(mode)
 
-    def load_state_dict(self, state_dict, *args, **kwargs):
-        self.inference_copy = None
-        return super().load_state_dict(state_dict, *args, **kwargs)
-
     def _apply(self, fn, *args, **kwargs):
-        # .to(), .cuda(), .half(), ...: the copy would stay behind.
+        # .to(), .cuda(), .half(), ...: free the copy on the old device now.
         self.inference_copy = None
         return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        # deepcopy and pickle leave derived state behind: the copy's tensors are new ones, so
+        # its folded copy would be rebuilt anyway, and an engine it carries takes the copy's
+        # weights as its own on the first call.
+        state = super().__getstate__()
+        state["inference_copy"] = None
+        state["_engine_weights"] = None
+        return state
 
     @torch.jit.unused
     def postprocess(self, results: List[Instances], batched_inputs: List[Dict], image_sizes) -> List[Dict]:
@@ -480,6 +535,7 @@ class FocalRetinaNet(DenseDetector):
         return [name for name in self._modules if name not in self.INFERENCE_MODULES] + [
             "inference_copy",
             "inference_engine",
+            "_engine_weights",
         ]
 
     # Submodules that inference (and so TorchScript) uses.

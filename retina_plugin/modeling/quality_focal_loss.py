@@ -16,7 +16,7 @@ from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 from .losses import CLASSIFICATION_LOSS_REGISTRY
 
 __all__ = ["quality_focal_loss", "predicted_box_ious", "QualityFocalLoss"]

@@ -1,17 +1,30 @@
 """
 Lookup in our registries by a name taken from the config.
 """
+from typing import Dict, Optional
+
 from detectron2.utils.registry import Registry
 
-__all__ = ["get_registered"]
+from ..config import ConfigError
+
+__all__ = ["unregistered_name", "get_registered"]
 
 
-def get_registered(registry: Registry, name: str, config_key: str):
+def unregistered_name(registry: Registry, name: str, config_key: str, aliases: Optional[Dict[str, str]] = None) -> str:
     """
-    ``registry.get(name)``, but an unknown name is an error that names the config key and
-    lists what is registered.
+    Why ``name`` (after ``aliases``, short names for registered ones) is not in ``registry``,
+    naming the config key and what is registered; "" when it is.
     """
-    if name not in registry:
-        known = sorted(n for n, _ in registry)
-        raise KeyError(f"{config_key} = {name!r}: expected one of the registered names {known}")
-    return registry.get(name)
+    aliases = aliases or {}
+    if aliases.get(name, name) in registry:
+        return ""
+    known = sorted(set(aliases) | {n for n, _ in registry})
+    return f"{config_key} = {name!r}: expected one of the registered names {known}"
+
+
+def get_registered(registry: Registry, name: str, config_key: str, aliases: Optional[Dict[str, str]] = None):
+    """``registry.get(name)``; an unknown name is a ConfigError saying :func:`unregistered_name`."""
+    problem = unregistered_name(registry, name, config_key, aliases)
+    if problem:
+        raise ConfigError(problem)
+    return registry.get((aliases or {}).get(name, name))

@@ -18,7 +18,7 @@ from detectron2.engine import default_argument_parser, launch
 from detectron2.modeling import build_model
 from detectron2.utils import comm
 
-from ..engine.defaults import setup_config, setup_logging, setup_process
+from ..entry_points.defaults import setup_config, setup_logging, setup_process
 from ..data import register_datasets_from_config
 
 __all__ = ["argument_parser", "default_num_workers", "main", "predict"]

@@ -7,13 +7,14 @@ rank's share of the items, decoded and resized in DataLoader workers, run throug
 Images are batched only with images of the same resized size: a batch pads its images to a
 common size, and the padding would change the features near the right and bottom edges of
 the smaller ones. So every image gets DefaultPredictor's detections (as sets), whatever the
-batch size.
+batch size. Images of other shapes wait (:class:`ShapeBatches`), never more than a batch of
+them, so memory does not grow with the collection or its mix of shapes.
 """
 import logging
 import os
 import time
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import torch
@@ -26,10 +27,11 @@ from detectron2.utils import comm
 
 from ..data.mapper import read_image_checked
 from ..visualization import draw_detections
-from .shards import ShardWriter, detection_record, finished_keys, merge_shards, remove_orphan_chunks
+from .output_folder import prepare_output_folder
+from .shards import ShardWriter, detection_record, finished_keys, merge_shards
 from .sources import ImageFiles, PredictionSource, VideoFrames
 
-__all__ = ["shard_items", "predict_on_rank", "finish", "draw_video"]
+__all__ = ["shard_items", "predict_on_rank", "ShapeBatches", "finish", "draw_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,22 +67,16 @@ def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch
                     num_workers: int = 2, resume: bool = False, draw: bool = False) -> Dict:
     """
     Predict this rank's share of ``source`` into ``output_dir``; returns this rank's counts.
-    Without ``resume`` the output folder must hold no earlier results.
+    Collective: every rank calls it. Without ``resume`` the output folder must hold no earlier
+    results; with it, the inputs are checked against the recorded list (see
+    :mod:`retina_plugin.prediction.output_folder`), whose ids ``source.items`` then takes.
+    At most ``batch_size`` decoded images wait in memory, whatever their shapes.
     """
     rank, world_size = comm.get_rank(), comm.get_world_size()
-    if rank == 0:
-        if resume:
-            removed = remove_orphan_chunks(output_dir)
-            if removed:
-                logger.info(f"Resuming: removed {len(removed)} chunk(s) written after the last manifest update")
-        elif finished_keys(output_dir):
-            raise FileExistsError(
-                f"{output_dir} holds results of an earlier run: give --resume to finish it, or "
-                "another --output"
-            )
-    comm.synchronize()
+    source.items = prepare_output_folder(output_dir, source, resume)
     done = finished_keys(output_dir) if resume else set()
-    mine = [item for item in shard_items(source.items, rank, world_size) if item["key"] not in done]
+    share = shard_items(source.items, rank, world_size)
+    mine = [item for item in share if item["key"] not in done]
     resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     if source.kind == "video":
         dataset = VideoFrames(source.video, mine, resize, cfg.INPUT.FORMAT)
@@ -91,49 +87,80 @@ def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch
                         prefetch_factor=2 * batch_size if num_workers else None)
     class_names, _ = _class_info(cfg)
     writer = ShardWriter(output_dir, rank)
-    groups: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
-    pending: List[Dict] = []
-    counts = {"images": 0, "unreadable": 0, "skipped_as_done": len(shard_items(source.items, rank, world_size)) - len(mine)}
+    waiting = ShapeBatches(batch_size)
+    counts = {"images": 0, "unreadable": 0, "skipped_as_done": len(share) - len(mine)}
     bar = tqdm.tqdm(total=len(mine), unit="img", desc="predict", disable=rank != 0, smoothing=0.1)
     start = time.perf_counter()
 
-    def run(batch: List[Dict]) -> None:
-        with torch.no_grad():
-            outputs = model(batch)
-        records = []
-        for item, output in zip(batch, outputs):
-            instances = output["instances"].to("cpu")
-            records.append(detection_record(item, instances, class_names))
-            if draw and source.kind != "video":
-                image = read_image_checked(item["file_name"], format="BGR")
-                path = _drawn_path(output_dir, item)
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                cv2.imwrite(path, draw_detections(image, instances, MetadataCatalog.get(
-                    (cfg.DATASETS.TEST or ["__unused"])[0])))
-        writer.write(pending + records)
-        counts["images"] += len(batch)
-        bar.update(len(batch) + len(pending))
-        pending.clear()
+    def run(batches: List[List[Dict]], unreadable: List[Dict]) -> None:
+        records = list(unreadable)
+        for batch in batches:
+            with torch.no_grad():
+                outputs = model(batch)
+            for item, output in zip(batch, outputs):
+                instances = output["instances"].to("cpu")
+                records.append(detection_record(item, instances, class_names))
+                if draw and source.kind != "video":
+                    _draw(cfg, item, instances, output_dir)
+            counts["images"] += len(batch)
+        # One chunk for what was flushed together: results reach disk every batch_size inputs.
+        writer.write(records)
+        bar.update(len(records))
 
     for item in loader:
         if "error" in item:
             logger.warning(f"Skipped an unreadable input: {item['error']}")
-            pending.append({k: item[k] for k in ("key", "image_id", "file_name", "error")})
             counts["unreadable"] += 1
-            continue
-        shape = tuple(item["image"].shape)
-        groups.setdefault(shape, []).append(item)
-        if len(groups[shape]) == batch_size:
-            run(groups.pop(shape))
-    for batch in groups.values():
-        run(batch)
-    if pending:
-        writer.write(pending)
-        bar.update(len(pending))
-        pending.clear()
+        ready = waiting.add(item)
+        if ready is not None:
+            run(*ready)
+    run(*waiting.flush())
     bar.close()
     counts["seconds"] = time.perf_counter() - start
     return counts
+
+
+class ShapeBatches:
+    """
+    Images wait here until they make a batch: a batch holds images of one resized shape only
+    (padding would change the detections near the edges of the smaller ones). Memory stays
+    bounded: once ``batch_size`` inputs wait, whatever their shapes, all of them are handed out,
+    each shape as its own (smaller) batch. Unreadable inputs wait and go out with them.
+    """
+
+    def __init__(self, batch_size: int):
+        self.batch_size = batch_size
+        self.groups: "OrderedDict[tuple, List[Dict]]" = OrderedDict()
+        self.unreadable: List[Dict] = []
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self.groups.values()) + len(self.unreadable)
+
+    def add(self, item: Dict) -> Optional[Tuple[List[List[Dict]], List[Dict]]]:
+        """Add one decoded item (or an unreadable one); returns what to run now, if anything."""
+        if "error" in item:
+            self.unreadable.append({k: item[k] for k in ("key", "image_id", "file_name", "error")})
+        else:
+            shape = tuple(item["image"].shape)
+            self.groups.setdefault(shape, []).append(item)
+            if len(self.groups[shape]) == self.batch_size:
+                unreadable, self.unreadable = self.unreadable, []
+                return [self.groups.pop(shape)], unreadable
+        return self.flush() if len(self) >= self.batch_size else None
+
+    def flush(self) -> Tuple[List[List[Dict]], List[Dict]]:
+        """Everything waiting: (batches, one per shape, in order of arrival; unreadable records)."""
+        batches = list(self.groups.values())
+        self.groups.clear()
+        unreadable, self.unreadable = self.unreadable, []
+        return batches, unreadable
+
+
+def _draw(cfg, item: Dict, instances, output_dir: str) -> None:
+    image = read_image_checked(item["file_name"], format="BGR")
+    path = _drawn_path(output_dir, item)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cv2.imwrite(path, draw_detections(image, instances, MetadataCatalog.get((cfg.DATASETS.TEST or ["__unused"])[0])))
 
 
 def draw_video(output_dir: str, source: PredictionSource, metadata, as_frames: bool = False) -> str:
@@ -185,7 +212,7 @@ def finish(cfg, source: PredictionSource, output_dir: str, counts: Sequence[Dict
     """Rank 0, after every rank is done: merge, write summary.json, draw the video."""
     import json
 
-    from ..engine.checkpoint import atomic_write
+    from ..utils.files import atomic_write
 
     _, category_ids = _class_info(cfg)
     predicted, unreadable = merge_shards(output_dir, source.items, category_ids)

@@ -24,7 +24,7 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import torch
 
-from ..engine.checkpoint import INCOMPLETE_SUFFIX, atomic_write
+from ..utils.files import INCOMPLETE_SUFFIX, atomic_write
 
 __all__ = ["ShardWriter", "finished_keys", "remove_orphan_chunks", "merge_shards", "detection_record"]
 

@@ -22,6 +22,7 @@ __all__ = [
     "VIDEO_EXTENSIONS",
     "PredictionSource",
     "resolve_source",
+    "input_root",
     "ImageFiles",
     "VideoFrames",
 ]
@@ -33,13 +34,15 @@ class PredictionSource:
     """
     The items to predict, in a fixed order: ``items[i]`` is a dict with a unique "key", an
     integer "image_id" (the COCO results' id) and "file_name" (and "frame" for a video).
-    ``kind`` is "images", "dataset" or "video".
+    ``kind`` is "images", "dataset" or "video". For images, ``root`` is the folder the keys
+    are relative to (absolute), so that keys do not depend on the working directory.
     """
 
-    def __init__(self, kind: str, items: List[Dict], video: str = ""):
+    def __init__(self, kind: str, items: List[Dict], video: str = "", root: str = ""):
         self.kind = kind
         self.items = items
         self.video = video
+        self.root = root
 
     def __len__(self):
         return len(self.items)
@@ -80,15 +83,27 @@ def resolve_source(inputs: Sequence[str]) -> PredictionSource:
                  for frame in range(_video_frames(path))]
         return PredictionSource("video", items, video=path)
     files = expand_image_inputs(inputs)
-    # Keys are the paths as given, made unique and stable across runs (resume).
-    items = [{"key": os.path.normpath(f), "image_id": i + 1, "file_name": f} for i, f in enumerate(files)]
+    root = input_root(inputs, files)
+    # Keys: paths relative to the input root, the same from any working directory (resume).
+    items = [{"key": os.path.relpath(os.path.abspath(f), root), "image_id": i + 1, "file_name": f}
+             for i, f in enumerate(files)]
     if len({i["key"] for i in items}) != len(items):
         seen, doubles = set(), []
         for item in items:
             doubles += [item["key"]] if item["key"] in seen else []
             seen.add(item["key"])
         raise ValueError(f"--input names these files more than once: {sorted(set(doubles))[:10]}")
-    return PredictionSource("images", items)
+    return PredictionSource("images", items, root=root)
+
+
+def input_root(inputs: Sequence[str], files: Sequence[str]) -> str:
+    """
+    The deepest folder holding every file and every folder given (absolute): a folder given
+    stays the root when files are added under it, whatever its subfolders.
+    """
+    folders = [os.path.abspath(i) for i in inputs if os.path.isdir(i)]
+    folders += [os.path.dirname(os.path.abspath(f)) for f in files]
+    return os.path.commonpath(folders)
 
 
 def _prepared(image: np.ndarray, item: Dict, resize: T.ResizeShortestEdge) -> Dict:
@@ -137,8 +152,8 @@ class VideoFrames(IterableDataset):
         return len(self.items)
 
     def __iter__(self) -> Iterator[Dict]:
-        video = cv2.VideoCapture(PathManager.get_local_path(self.path))
-        frame = 0
+        video = _video_at(PathManager.get_local_path(self.path), min(self.items, default=0))
+        frame = min(self.items, default=0)
         last = max(self.items) if self.items else -1
         while frame <= last:
             ok, image = video.read()
@@ -152,3 +167,19 @@ class VideoFrames(IterableDataset):
         video.release()
         for missing in sorted(f for f in self.items if f >= frame):
             yield dict(self.items[missing], error=f"{self.path}: frame {missing} could not be decoded")
+
+
+def _video_at(path: str, frame: int) -> cv2.VideoCapture:
+    """
+    The video opened so that the next read() decodes ``frame``: seeked, so that a process does
+    not decode the frames before its share; decoded from the start where the container does
+    not seek to the exact frame.
+    """
+    video = cv2.VideoCapture(path)
+    if frame > 0 and not (video.set(cv2.CAP_PROP_POS_FRAMES, frame)
+                          and int(video.get(cv2.CAP_PROP_POS_FRAMES)) == frame):
+        video.release()
+        video = cv2.VideoCapture(path)
+        for _ in range(frame):
+            video.grab()
+    return video

@@ -9,6 +9,8 @@ import sys
 import time
 from typing import List, Optional, Sequence, Tuple
 
+from ...config import load_config
+from .recipes import RECIPES, recipe_verdict, scaled_schedule
 from .report import results_markdown, summarize, write_results
 from .runner import run_sweep, worker
 from .settings import AblationError, build_settings, parse_grid, parse_variant, prepare
@@ -21,15 +23,22 @@ def argument_parser() -> argparse.ArgumentParser:
         description="Train + evaluate a config under a grid of settings / named variants, several "
         "seeds each; write results.md, results.json and results.png. A killed sweep resumes.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="example:\n  python tools/ablate.py --config-file configs/demo_R18_cpu.yaml \\\n"
+        epilog="examples:\n  python tools/ablate.py --config-file configs/demo_R18_cpu.yaml \\\n"
         "    --grid MODEL.RETINANET.FOCAL_LOSS_GAMMA=0,1,2 MODEL.RETINANET.FOCAL_LOSS_ALPHA=.25,.75 \\\n"
-        "    --seeds 2 --output output/ablation SOLVER.MAX_ITER 300",
+        "    --seeds 2 --output output/ablation SOLVER.MAX_ITER 300\n"
+        "  python tools/ablate.py --config-file my_config.yaml --compare-recipes --seeds 3 --jobs 2 \\\n"
+        "    --schedule-fraction 0.5 --output output/recipes",
     )
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--grid", nargs="+", default=[], metavar="KEY=V1,V2",
                         help="config keys and their values; the sweep takes their cartesian product")
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                         help="a named setting compared with the base config (repeatable; several keys allowed)")
+    parser.add_argument("--compare-recipes", action="store_true",
+                        help="compare the paper default (the config), v2 and detectron2's RetinaNet on the "
+                        "config's data, with a verdict that accounts for seed noise (use --seeds 3)")
+    parser.add_argument("--schedule-fraction", type=float, default=1.0, metavar="F",
+                        help="run F of the config's schedule (iterations, steps, warm-up), e.g. 0.25 for a cheap look")
     parser.add_argument("--no-base", action="store_true",
                         help="with --variant: do not also run the unchanged base config")
     parser.add_argument("--seeds", type=int, default=1, help="runs per setting, with SEED 0..N-1")
@@ -70,8 +79,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts += list(args.opts)
         grid = parse_grid(grid_items)
         variants = [parse_variant(tokens) for tokens in variant_tokens]
+        if args.compare_recipes:
+            if args.no_base:
+                raise AblationError("--compare-recipes compares with the paper default (the base config): drop --no-base")
+            variants = [(name, list(overrides)) for name, overrides in RECIPES.items()] + variants
         if not grid and not variants:
-            raise AblationError("nothing to compare: give --grid KEY=V1,V2 and/or --variant NAME KEY=VALUE")
+            raise AblationError("nothing to compare: give --grid KEY=V1,V2, --variant NAME KEY=VALUE or "
+                                "--compare-recipes")
+        if args.schedule_fraction != 1.0:
+            try:
+                opts += scaled_schedule(load_config(args.config_file, opts), args.schedule_fraction)
+            except ValueError as e:
+                raise AblationError(str(e)) from None
         settings = build_settings(grid, variants, include_base=not args.no_base)
         base_opts = prepare(args.config_file, opts, settings)
     except AblationError as e:
@@ -103,8 +122,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "seeds": seeds,
         "wall_seconds_this_call": time.perf_counter() - start,
     }
+    if args.compare_recipes:
+        info["verdict"] = recipe_verdict(rows)
     paths = write_results(rows, args.output, info)
     print(results_markdown(rows))
+    if args.compare_recipes:
+        print(info["verdict"] + "\n")
     print(f"Wrote {paths['md']}, {paths['json']}, {paths['png']}")
     return 0
 

@@ -111,10 +111,11 @@ def _is_number(text: str) -> bool:
         return False
 
 
-def plot_results(rows: List[Dict], path: str, title: str = "") -> None:
+def plot_results(rows: List[Dict], path: str, title: str = ""):
     """
     AP against the first grid key, one line per value of the other keys (error bars: std over
     seeds); a bar chart when there is no numeric grid key (variants, or non-numeric values).
+    Returns the matplotlib Figure (saved to ``path``, closed).
     """
     import matplotlib
 
@@ -159,6 +160,7 @@ def plot_results(rows: List[Dict], path: str, title: str = "") -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return fig
 
 
 def write_results(rows: List[Dict], output_dir: str, info: Dict) -> Dict[str, str]:
@@ -176,6 +178,8 @@ def write_results(rows: List[Dict], output_dir: str, info: Dict) -> Dict[str, st
     header = f"# Ablation of `{info['config_file']}`\n\n```\n{info['command']}\n```\n"
     with open(paths["md"], "w") as f:
         f.write(results_markdown(rows, header))
+        if info.get("verdict"):
+            f.write(f"\n{info['verdict']}\n")
     plot_results(rows, paths["png"], title=os.path.basename(info["config_file"]))
     return paths
 

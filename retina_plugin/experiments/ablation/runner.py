@@ -1,6 +1,6 @@
 """
 Running an ablation sweep: each (setting, seed) is one train + COCOEvaluator run with the
-project's :class:`~retina_plugin.engine.trainer.Trainer`, in a subprocess
+project's :class:`~retina_plugin.training.trainer.Trainer`, in a subprocess
 (``python -m retina_plugin.experiments.ablation --worker``), in its own folder
 ``OUTPUT/runs/<setting>/seed<k>/`` that ends with a ``result.json``. A run whose
 ``result.json`` exists is skipped, so a killed sweep resumes where it stopped.
@@ -77,8 +77,8 @@ def _train_and_evaluate(args) -> None:
     """
     from detectron2.utils import comm
 
-    from ...engine.defaults import setup_config, setup_process, setup_run
-    from ...engine.trainer import Trainer
+    from ...entry_points.defaults import setup_config, setup_process, setup_run
+    from ...training.trainer import Trainer
 
     setup_process()
     cfg = setup_config(args.config_file, args.opts)

@@ -8,7 +8,7 @@ from detectron2.solver import build_optimizer as build_sgd_optimizer
 from detectron2.solver import get_default_optimizer_params
 from detectron2.solver.build import maybe_add_gradient_clipping
 
-from ..config_checks import check_value
+from ..config_domains import check_value
 
 __all__ = ["build_optimizer", "clipped_sgd"]
 

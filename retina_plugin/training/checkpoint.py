@@ -5,6 +5,7 @@ its target, flushed to disk and renamed over it (``os.replace`` is atomic on POS
 A kill mid-save therefore leaves the previous ``model_*.pth`` and ``last_checkpoint`` as they
 were; the stray ``*.incomplete`` file it leaves is removed by the next run.
 """
+import contextlib
 import glob
 import logging
 import os
@@ -14,49 +15,11 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write", "INCOMPLETE_SUFFIX"]
+from ..utils.files import INCOMPLETE_SUFFIX, atomic_write
 
-INCOMPLETE_SUFFIX = ".incomplete"
+__all__ = ["AtomicDetectionCheckpointer"]
 
 logger = logging.getLogger(__name__)
-
-
-def atomic_write(path: str, write_fn, mode: str = "wb", durable: bool = True) -> None:
-    """
-    Call ``write_fn(file)`` on ``path + INCOMPLETE_SUFFIX`` and rename it to ``path``: a kill at
-    any moment leaves either the old or the new file. ``durable``: also fsync the file and the
-    rename, so that a power loss does too. If ``write_fn`` raises, the temporary file is removed
-    and ``path`` is untouched.
-    """
-    tmp = path + INCOMPLETE_SUFFIX
-    try:
-        with open(tmp, mode) as f:
-            write_fn(f)
-            f.flush()
-            if durable:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with _ignore_oserror():
-            os.remove(tmp)
-        raise
-    if not durable:
-        return
-    # Make the rename itself durable (the directory entry).
-    with _ignore_oserror():
-        fd = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-class _ignore_oserror:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, exc_type, exc, tb):
-        return exc_type is not None and issubclass(exc_type, OSError)
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -81,7 +44,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """
         for stale in glob.glob(os.path.join(self.save_dir, "*" + INCOMPLETE_SUFFIX)):
             logger.warning(f"Removing {stale}, left by a save that was interrupted")
-            with _ignore_oserror():
+            with contextlib.suppress(OSError):
                 os.remove(stale)
 
     def save(self, name: str, **kwargs: Any) -> None:

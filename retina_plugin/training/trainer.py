@@ -1,7 +1,8 @@
 """
 The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator,
-with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis and a
-metrics.json without repeated iterations after ``--resume``.
+with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis, a
+metrics.json without repeated iterations after ``--resume``, and the training data's analysis
+(anchor coverage) in the log before the first iteration.
 """
 import contextlib
 import logging
@@ -15,6 +16,7 @@ from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator
 from detectron2.utils import comm
 
+from ..analysis.dataset import log_training_data_analysis
 from ..data.mapper import CheckedDatasetMapper
 from ..modeling import FocalRetinaNetWithTTA
 from .checkpoint import AtomicDetectionCheckpointer
@@ -54,6 +56,8 @@ class Trainer(DefaultTrainer):
     """
 
     def __init__(self, cfg):
+        if comm.is_main_process():
+            log_training_data_analysis(cfg, logging.getLogger(__name__))
         with _cpu_ddp(cfg.MODEL.DEVICE):
             super().__init__(cfg)
         if cfg.SOLVER.DIAGNOSE_NONFINITE:
@@ -92,7 +96,7 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_optimizer(cls, cfg, model):
-        # SOLVER.OPTIMIZER: SGD (detectron2's) or AdamW, see retina_plugin/optimizer.py.
+        # SOLVER.OPTIMIZER: SGD (detectron2's) or AdamW, see retina_plugin/training/optimizer.py.
         return build_optimizer(cfg, model)
 
     @classmethod

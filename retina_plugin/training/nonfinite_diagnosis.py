@@ -22,7 +22,7 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import EventStorage
 
-from .checkpoint import atomic_write
+from ..utils.files import atomic_write
 
 __all__ = [
     "NonFiniteLossError",

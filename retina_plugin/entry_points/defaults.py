@@ -23,7 +23,7 @@ __all__ = ["setup_process", "setup_config", "setup_logging", "setup_run"]
 def setup_process() -> str:
     """
     What a process of ours sets for itself, first thing in ``main``: glibc keeps freed memory
-    (:mod:`retina_plugin.engine.allocator`, opt out with RETINA_PLUGIN_ALLOCATOR=default), and
+    (:mod:`retina_plugin.entry_points.allocator`, opt out with RETINA_PLUGIN_ALLOCATOR=default), and
     detectron2's call of ``torch.meshgrid`` without ``indexing`` (its "ij" default is what it
     means) does not warn in every run. Returns the allocator setting in effect.
     """

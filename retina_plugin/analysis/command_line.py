@@ -1,0 +1,108 @@
+"""
+The command lines of ``tools/analyze_dataset.py`` (a dataset as the config's model sees it,
+printed, as json with ``--json``, and as a plot of box shapes against the anchors) and
+``tools/fit_anchors.py`` (anchors fitted to it, written as a yaml).
+"""
+import argparse
+import json
+import os
+import sys
+from typing import Optional, Sequence
+
+from ..data import register_datasets_from_config
+from ..entry_points.defaults import setup_config, setup_process
+from .anchor_fitting import anchors_yaml, fit_anchors
+from .dataset import analyze_dataset, plot_box_shapes, summary_lines
+
+__all__ = ["argument_parser", "main", "fit_anchors_main"]
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Box sizes, aspect ratios, FPN levels and anchor coverage of a dataset, at the scales "
+        "the config's resize gives them, with the config's own anchor generator and assigner")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TRAIN)")
+    parser.add_argument("--json", action="store_true", help="print one json object instead of the summary")
+    parser.add_argument("--plot", metavar="PNG", help="also draw box width against height with the anchor shapes")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
+                        help="config overrides, e.g. anchor sizes to try")
+    return parser
+
+
+def _config_with_a_dataset(args, tool: str):
+    """The checked config (on the CPU) with its datasets registered; None (said why) without a dataset."""
+    setup_process()
+    cfg = setup_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], training=False)
+    register_datasets_from_config(cfg)
+    if not (args.dataset or cfg.DATASETS.TRAIN):
+        print(f"{tool}: give --dataset NAME (the config's DATASETS.TRAIN is empty)", file=sys.stderr)
+        return None
+    return cfg
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = argument_parser().parse_args(argv)
+    cfg = _config_with_a_dataset(args, "analyze_dataset")
+    if cfg is None:
+        return 2
+    analysis = analyze_dataset(cfg, args.dataset)
+    if args.plot:
+        os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
+        plot_box_shapes(analysis, args.plot)
+    if args.json:
+        analysis = {k: v for k, v in analysis.items()}
+        for scale in ("train", "test"):
+            analysis[scale] = {k: v for k, v in analysis[scale].items() if k not in ("box_widths_heights", "boxes_xyxy")}
+        print(json.dumps(analysis))
+    else:
+        print("\n".join(summary_lines(analysis)))
+        if args.plot:
+            print(f"Wrote {args.plot}")
+    return 0
+
+
+def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/fit_anchors.py``: fitted anchors, coverage before and after, a yaml to merge."""
+    parser = argparse.ArgumentParser(
+        description="Fit MODEL.ANCHOR_GENERATOR.SIZES and ASPECT_RATIOS to a dataset's boxes at the training "
+        "scale (same anchors per location, one size list per level); never worse than the config's")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TRAIN)")
+    parser.add_argument("--output", required=True, metavar="YAML", help="the anchors, to merge with _BASE_ or cfg")
+    parser.add_argument("--seed", type=int, default=0, help="the search's seed: the same seed, the same anchors")
+    parser.add_argument("--generations", type=int, default=1000, help="steps of the evolutionary search")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    cfg = _config_with_a_dataset(args, "fit_anchors")
+    if cfg is None:
+        return 2
+    try:
+        fit = fit_anchors(cfg, args.dataset, args.seed, args.generations)
+    except ValueError as e:
+        print(f"fit_anchors: {e}", file=sys.stderr)
+        return 2
+    print("Before:\n  " + "\n  ".join(summary_lines(fit["before"])))
+    if fit["changed"]:
+        print("After (fitted anchors):\n  " + "\n  ".join(summary_lines(fit["after"])))
+        what = (f"anchor coverage {fit['coverage_before']:.3f} -> {fit['coverage_after']:.3f} at the training scale; "
+                f"SIZES {fit['sizes']}, ASPECT_RATIOS [{fit['ratios']}]")
+    else:
+        what = (f"the config's anchors are already the best found (coverage {fit['coverage_before']:.3f}); "
+                "written unchanged")
+    print(what)
+    print("As overrides: MODEL.ANCHOR_GENERATOR.SIZES " + f'"{fit["sizes"]}"'
+          + " MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS " + f'"[{fit["ratios"]}]"')
+    advice = fit["input_size"]
+    if advice:
+        keys = " ".join(f'{k} "{v}"' for k, v in advice.items() if k.startswith("INPUT."))
+        print(f"Coverage stays under 0.9: the objects are small for this input size. Inputs {advice['factor']}x "
+              f"larger give coverage {advice['coverage']:.2f} with the config's anchors: {keys}")
+    elif fit["coverage_after"] < 0.9:
+        print("Coverage stays under 0.9 even with inputs 4x larger: look at the boxes (tools/analyze_dataset.py --plot)")
+    os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+    comment = (f"Anchors for {fit['before']['dataset']} (tools/fit_anchors.py --seed {args.seed}): {what}")
+    with open(args.output, "w") as f:
+        f.write(anchors_yaml(fit["sizes"], fit["ratios"], comment))
+    print(f"Wrote {args.output}")
+    return 0

@@ -1,0 +1,211 @@
+"""
+tools/analyze_dataset.py: anchor coverage equal to an independent count over anchors and boxes
+built by hand, boxes without a foreground anchor, the json keys, the plot's data, and the
+warning at the start of training.
+"""
+import json
+import logging
+import math
+
+import numpy as np
+import pytest
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.structures import BoxMode
+
+from retina_plugin.analysis import analyze_dataset, plot_box_shapes
+from retina_plugin.analysis.command_line import main as analyze_main
+from retina_plugin.analysis.dataset import log_training_data_analysis
+
+from .conftest import TINY_CONFIG, load_cfg
+
+SIZES = [32, 64, 128, 256, 512]  # one square anchor per level, strides 8 .. 128
+ANCHOR_OPTS = ["MODEL.ANCHOR_GENERATOR.SIZES", str([[s] for s in SIZES]),
+               "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[1.0]]",
+               "INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "256",
+               "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]
+
+
+def _register(name, boxes_per_image, classes=("a", "b")):
+    """256 x 256 images (no resize at the analysed scale) with the given XYXY boxes."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+    records = [{"file_name": f"{i}.png", "image_id": i, "height": 256, "width": 256,
+                "annotations": [{"bbox": list(b), "bbox_mode": BoxMode.XYXY_ABS, "category_id": c, "iscrowd": 0}
+                                for b, c in boxes]}
+               for i, boxes in enumerate(boxes_per_image)]
+    DatasetCatalog.register(name, lambda: records)
+    MetadataCatalog.get(name).set(thing_classes=list(classes))
+    return name
+
+
+def _hand_anchors(height=256, width=256):
+    """Every anchor, as detectron2 places them (offset 0): centers at multiples of the stride."""
+    anchors = []
+    for level, size in enumerate(SIZES):
+        stride = 2 ** (level + 3)
+        for y in range(math.ceil(height / stride)):
+            for x in range(math.ceil(width / stride)):
+                cx, cy = x * stride, y * stride
+                anchors.append([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
+    return np.array(anchors)
+
+
+def _best_iou(box, anchors):
+    x0, y0 = np.maximum(box[0], anchors[:, 0]), np.maximum(box[1], anchors[:, 1])
+    x1, y1 = np.minimum(box[2], anchors[:, 2]), np.minimum(box[3], anchors[:, 3])
+    inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    areas = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
+    return (inter / (area + areas - inter)).max()
+
+
+def _random_boxes(rng, count):
+    boxes = []
+    for _ in range(count):
+        w, h = np.exp(rng.uniform(np.log(6), np.log(200), 2))
+        x, y = rng.uniform(0, 256 - w), rng.uniform(0, 256 - h)
+        boxes.append(([x, y, x + w, y + h], int(rng.integers(2))))
+    return boxes
+
+
+def test_coverage_equals_an_independent_count():
+    rng = np.random.default_rng(0)
+    images = [_random_boxes(rng, 8) for _ in range(6)]
+    name = _register("analysis_hand", images)
+    cfg = load_cfg(TINY_CONFIG, ANCHOR_OPTS)
+    analysis = analyze_dataset(cfg, name)
+    anchors = _hand_anchors()
+    ious = [(_best_iou(np.array(b), anchors), c) for boxes in images for b, c in boxes]
+    covered = [iou >= 0.5 for iou, _ in ious]
+    assert 0.1 < np.mean(covered) < 0.9  # boxes on both sides of the threshold
+    assert analysis["boxes"] == 48 and analysis["images"] == 6
+    assert abs(analysis["coverage"] - np.mean(covered)) <= 0.01
+    assert analysis["coverage"] == analysis["train"]["coverage"] == analysis["test"]["coverage"]  # same scale
+    for c, cls in enumerate(("a", "b")):
+        mine = [ok for (iou, k), ok in zip(ious, covered) if k == c]
+        assert abs(analysis["coverage_per_class"][cls] - np.mean(mine)) <= 0.01
+    smallest = sum(1 for boxes in images for b, _ in boxes if math.sqrt((b[2] - b[0]) * (b[3] - b[1])) < 32)
+    assert analysis["train"]["smaller_than_smallest_anchor"] == smallest
+    assert sum(analysis["train"]["boxes_per_level"].values()) == 48
+
+
+def test_boxes_without_a_foreground_anchor_under_the_assigner():
+    # Apart boxes: each either matches an anchor exactly (IoU 1) or is too small for any (IoU < 0.1).
+    boxes = [([0, 0, 32, 32], 0), ([120, 120, 130, 130], 0), ([64, 192, 192, 320 - 64], 1), ([200, 20, 206, 26], 1)]
+    name = _register("analysis_assigner", [boxes])
+    strict = load_cfg(TINY_CONFIG, ANCHOR_OPTS + ["MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", "False"])
+    analysis = analyze_dataset(strict, name)
+    assert analysis["coverage"] == 0.5 and analysis["no_foreground_anchor"] == 2
+    # The paper's low-quality matches give each box its best anchor.
+    assert analyze_dataset(load_cfg(TINY_CONFIG, ANCHOR_OPTS), name)["no_foreground_anchor"] == 0
+
+
+def test_json_keys_and_the_plot_show_the_boxes_and_anchors(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    name = _register("analysis_json", [_random_boxes(rng, 5) for _ in range(3)])
+    plot = tmp_path / "boxes.png"
+    assert analyze_main(["--config-file", str(TINY_CONFIG), "--dataset", name, "--json", "--plot", str(plot),
+                         *ANCHOR_OPTS]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert {"boxes", "coverage", "coverage_per_class", "no_foreground_anchor", "anchor_sizes",
+            "aspect_ratios"} <= set(printed)
+    assert 0 <= printed["coverage"] <= 1 and printed["boxes"] == 15
+    assert printed["anchor_sizes"] == [[float(s)] for s in SIZES]
+    analysis = analyze_dataset(load_cfg(TINY_CONFIG, ANCHOR_OPTS), name)
+    ax = plot_box_shapes(analysis, str(tmp_path / "again.png")).axes[0]
+    boxes, *levels = ax.collections
+    assert len(boxes.get_offsets()) == 15 and len(levels) == 5
+    assert [tuple(np.round(level.get_offsets()[0], 3)) for level in levels] == [(s, s) for s in SIZES]
+    assert plot.is_file()
+
+
+def test_training_warns_once_when_coverage_is_low(caplog):
+    tiny = [([10, 10, 16, 16], 0), ([100, 40, 106, 48], 1)]  # far under the 32-px anchors
+    cfg = load_cfg(TINY_CONFIG, ANCHOR_OPTS + ["DATASETS.TRAIN", "('analysis_low',)"])
+    _register("analysis_low", [tiny] * 3)
+    logger = logging.getLogger("test_dataset_analysis")
+    with caplog.at_level(logging.INFO, logger="test_dataset_analysis"):
+        analysis = log_training_data_analysis(cfg, logger)
+    assert analysis["coverage"] == 0.0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "Anchor coverage of analysis_low is 0.00" in warnings[0]
+    assert "tools/analyze_dataset.py" in warnings[0] and "MODEL.ANCHOR_GENERATOR.SIZES" in warnings[0]
+    assert any("Training data, as the model sees it" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    fits = [([0, 0, 32, 32], 0), ([64, 64, 128, 128], 1)]
+    _register("analysis_fits", [fits])
+    with caplog.at_level(logging.INFO, logger="test_dataset_analysis"):
+        log_training_data_analysis(load_cfg(TINY_CONFIG, ANCHOR_OPTS + ["DATASETS.TRAIN", "('analysis_fits',)"]), logger)
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
+
+
+DEMO_ANCHORS_256 = ["INPUT.MIN_SIZE_TRAIN", "(256,)", "INPUT.MAX_SIZE_TRAIN", "256",
+                    "INPUT.MIN_SIZE_TEST", "256", "INPUT.MAX_SIZE_TEST", "256"]  # the demo's 16-406 px anchors, 9 a place
+
+
+def _small_objects(seed=3, images=6, per_image=10, low=6, high=14):
+    rng = np.random.default_rng(seed)
+    result = []
+    for _ in range(images):
+        boxes = []
+        for _ in range(per_image):
+            w, h = rng.uniform(low, high, 2)
+            x, y = rng.uniform(0, 256 - w), rng.uniform(0, 256 - h)
+            boxes.append(([x, y, x + w, y + h], 0))
+        result.append(boxes)
+    return result
+
+
+def test_fitted_anchors_cover_small_objects_better_and_keep_the_shapes(tmp_path, capsys):
+    from retina_plugin.analysis import fit_anchors
+    from retina_plugin.analysis.command_line import fit_anchors_main
+
+    name = _register("analysis_small", _small_objects())
+    cfg = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
+    fit = fit_anchors(cfg, name, seed=0, generations=300)
+    assert fit["changed"] and fit["coverage_after"] > fit["coverage_before"] + 0.2
+    shipped = cfg.MODEL.ANCHOR_GENERATOR
+    assert len(fit["sizes"]) == len(shipped.SIZES) and all(len(s) == len(shipped.SIZES[0]) for s in fit["sizes"])
+    assert len(fit["ratios"]) == len(shipped.ASPECT_RATIOS[0])  # 9 anchors a place, as before
+    flat = [s for level in fit["sizes"] for s in level]
+    assert flat == sorted(flat) and len(set(flat)) == len(flat)  # increasing, level by level
+    assert fit_anchors(cfg, name, seed=0, generations=300)["sizes"] == fit["sizes"]  # the same seed, the same anchors
+    # The tool: coverage before and after, a yaml that merges into the config.
+    output = tmp_path / "anchors.yaml"
+    assert fit_anchors_main(["--config-file", str(TINY_CONFIG), "--dataset", name, "--output", str(output),
+                             "--generations", "300", *DEMO_ANCHORS_256]) == 0
+    printed = capsys.readouterr().out
+    assert f"anchor coverage {fit['coverage_before']:.3f} -> {fit['coverage_after']:.3f}" in printed
+    merged = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
+    merged.merge_from_file(str(output))
+    assert [list(s) for s in merged.MODEL.ANCHOR_GENERATOR.SIZES] == fit["sizes"]
+    assert analyze_dataset(merged, name)["coverage"] == fit["coverage_after"]
+
+
+def test_anchors_that_already_fit_are_written_unchanged(tmp_path, capsys):
+    from retina_plugin.analysis.command_line import fit_anchors_main
+
+    exact = [([0, 0, 32, 32], 0), ([64, 64, 128, 128], 1), ([0, 128, 128, 256], 0)]  # anchors of ANCHOR_OPTS
+    name = _register("analysis_exact", [exact])
+    output = tmp_path / "anchors.yaml"
+    assert fit_anchors_main(["--config-file", str(TINY_CONFIG), "--dataset", name, "--output", str(output),
+                             "--generations", "100", *ANCHOR_OPTS]) == 0
+    assert "already the best found (coverage 1.000); written unchanged" in capsys.readouterr().out
+    merged = load_cfg(TINY_CONFIG, ANCHOR_OPTS)
+    merged.merge_from_file(str(output))
+    assert [list(s) for s in merged.MODEL.ANCHOR_GENERATOR.SIZES] == [[float(s)] for s in SIZES]
+    assert [list(r) for r in merged.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS] == [[1.0]]
+
+
+def test_objects_too_small_for_the_input_get_an_input_size(capsys):
+    from retina_plugin.analysis import fit_anchors
+
+    # 3-5 px objects: anchors on an 8-px grid cannot reach IoU 0.5 at this input size.
+    name = _register("analysis_tiny", _small_objects(seed=4, low=3, high=5))
+    fit = fit_anchors(load_cfg(TINY_CONFIG, DEMO_ANCHORS_256), name, seed=0, generations=200)
+    assert fit["coverage_after"] < 0.9
+    advice = fit["input_size"]
+    assert advice is not None and advice["factor"] > 1 and advice["coverage"] >= 0.9
+    assert advice["INPUT.MIN_SIZE_TEST"] == round(256 * advice["factor"])
