@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The main job, from a fresh clone: set up .venv/, build the built-in dataset, train on the CPU
-# (COCOEvaluator AP table printed), draw the detections on held-out images, plot the training
-# curves, and say where everything is.
+# The main job, from a fresh clone: set up .venv/, build the built-in dataset, look at its boxes
+# against the anchors, train on the CPU (COCOEvaluator AP table printed), say which errors cost
+# the AP, draw the detections on held-out images, plot the training curves, and say where
+# everything is.
 #
 #   bash scripts/run_demo.sh                      # synthetic "retina_shapes", ~6 min
 #   bash scripts/run_demo.sh --data reef          # real coral-reef survey imagery, ~15-20 min
@@ -14,8 +15,8 @@ if [ "${1:-}" = "--data" ]; then
   shift 2
 fi
 case "$DATA" in
-  shapes) CONFIG=configs/demo_R18_cpu.yaml; DATASET=retina_shapes; NAME=demo ;;
-  reef)   CONFIG=configs/reef_R18_cpu.yaml; DATASET=retina_reef; NAME=reef ;;
+  shapes) CONFIG=configs/demo_R18_cpu.yaml; DATASET=retina_shapes; NAME=demo; TEST_SET=retina_shapes_val ;;
+  reef)   CONFIG=configs/reef_R18_cpu.yaml; DATASET=retina_reef; NAME=reef; TEST_SET=retina_reef_val ;;
   *) echo "run_demo.sh: --data must be shapes or reef, not '$DATA'" >&2; exit 2 ;;
 esac
 bash "$ROOT/scripts/setup_env.sh"
@@ -27,16 +28,22 @@ OUT="${RETINA_DEMO_OUTPUT:-$ROOT/output/$NAME}"
 PY=.venv/bin/python
 start=$(date +%s)
 
-echo "== 1/4 dataset ($DATASET)"
+echo "== 1/6 dataset ($DATASET)"
 $PY tools/build_datasets.py "$DATASET"
-echo "== 2/4 train + evaluate ($CONFIG)"
+echo "== 2/6 its boxes against the anchors"
+mkdir -p "$OUT"
+$PY tools/analyze_dataset.py --config-file "$CONFIG" --plot "$OUT/boxes.png" "$@"
+echo "== 3/6 train + evaluate ($CONFIG)"
 $PY train_net.py --config-file "$CONFIG" OUTPUT_DIR "$OUT" "$@"
-echo "== 3/4 predict on held-out images"
+echo "== 4/6 what the AP was lost to"
+$PY tools/analyze_errors.py --config-file "$CONFIG" --output "$OUT/errors" \
+  --predictions "$OUT/inference/$TEST_SET/coco_instances_results.json" "$@"
+echo "== 5/6 predict on held-out images"
 if [ "$DATA" = shapes ]; then HELD_OUT="$DETECTRON2_DATASETS/retina_shapes/test"; else HELD_OUT="$DETECTRON2_DATASETS/retina_reef/val"; fi
 $PY demo.py --config-file "$CONFIG" --input "$HELD_OUT" \
   --output "$OUT/predictions" --confidence-threshold 0.5 --scale 2 \
   --opts OUTPUT_DIR "$OUT" MODEL.WEIGHTS "$OUT/model_final.pth"
-echo "== 4/4 training curves"
+echo "== 6/6 training curves"
 $PY tools/plot_metrics.py "$OUT/metrics.json" --output "$OUT/metrics.png"
 
 cat <<SUMMARY
@@ -47,5 +54,6 @@ Done in $(( $(date +%s) - start )) s.
   evaluation:   $OUT/inference/ (COCO json of the detections)
   pictures:     $OUT/predictions/*.png
   curves:       $OUT/metrics.png (from $OUT/metrics.json)
+  data, errors: $OUT/boxes.png (boxes against anchors), $OUT/errors/ (errors.md, pr_curves.png, gallery/)
   dataset:      $DETECTRON2_DATASETS/$DATASET/
 SUMMARY

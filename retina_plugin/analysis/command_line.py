@@ -1,7 +1,8 @@
 """
 The command lines of ``tools/analyze_dataset.py`` (a dataset as the config's model sees it,
-printed, as json with ``--json``, and as a plot of box shapes against the anchors) and
-``tools/fit_anchors.py`` (anchors fitted to it, written as a yaml).
+printed, as json with ``--json``, and as a plot of box shapes against the anchors),
+``tools/fit_anchors.py`` (anchors fitted to it, written as a yaml) and ``tools/analyze_errors.py``
+(why AP is low: error types, PR curves, a gallery).
 """
 import argparse
 import json
@@ -14,7 +15,7 @@ from ..entry_points.defaults import setup_config, setup_process
 from .anchor_fitting import anchors_yaml, fit_anchors
 from .dataset import analyze_dataset, plot_box_shapes, summary_lines
 
-__all__ = ["argument_parser", "main", "fit_anchors_main"]
+__all__ = ["argument_parser", "main", "fit_anchors_main", "analyze_errors_main"]
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -106,3 +107,64 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
         f.write(anchors_yaml(fit["sizes"], fit["ratios"], comment))
     print(f"Wrote {args.output}")
     return 0
+
+
+def analyze_errors_main(argv: Optional[Sequence[str]] = None) -> int:
+    """``tools/analyze_errors.py``: the AP each error type costs, PR curves, the worst errors drawn."""
+    parser = argparse.ArgumentParser(
+        description="Why AP is low: detections sorted into TIDE's error types with the AP50 each costs, PR curves "
+        "per class and size, and a gallery of the worst false positives and missed objects")
+    parser.add_argument("--config-file", required=True, metavar="FILE")
+    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TEST)")
+    parser.add_argument("--predictions", metavar="JSON",
+                        help="COCOEvaluator's coco_instances_results.json (default: run the model, MODEL.WEIGHTS)")
+    parser.add_argument("--output", required=True, metavar="DIR")
+    parser.add_argument("--gallery", type=int, default=8, help="false positives and missed objects drawn, each")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
+    args = parser.parse_args(argv)
+    setup_process()
+    cfg = setup_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], training=False)
+    register_datasets_from_config(cfg)
+    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    if not dataset:
+        print("analyze_errors: give --dataset NAME (the config's DATASETS.TEST is empty)", file=sys.stderr)
+        return 2
+    os.makedirs(args.output, exist_ok=True)
+    predictions = args.predictions
+    if not predictions:
+        if not cfg.MODEL.WEIGHTS:
+            print("analyze_errors: give --predictions JSON or MODEL.WEIGHTS", file=sys.stderr)
+            return 2
+        predictions = _run_model(cfg, dataset, os.path.join(args.output, "inference"))
+    with open(predictions) as f:
+        detections = json.load(f)
+    from detectron2.data import MetadataCatalog
+
+    from .errors import coco_ground_truth, draw_gallery, error_breakdown, errors_markdown, plot_pr_curves
+
+    coco = coco_ground_truth(dataset)
+    breakdown = error_breakdown(coco, detections)
+    table = errors_markdown(breakdown, dataset)
+    with open(os.path.join(args.output, "errors.md"), "w") as f:
+        f.write(table)
+    with open(os.path.join(args.output, "errors.json"), "w") as f:
+        json.dump({k: breakdown[k] for k in ("AP", "AP50", "counts", "delta_AP50")}, f, indent=1)
+    if breakdown["evaluation"] is not None:
+        names = [c["name"] for c in sorted(coco.dataset["categories"], key=lambda c: c["id"])]
+        plot_pr_curves(breakdown["evaluation"], names, os.path.join(args.output, "pr_curves.png"))
+    draw_gallery(coco, breakdown, MetadataCatalog.get(dataset), os.path.join(args.output, "gallery"), args.gallery)
+    print(table + f"\nWrote {args.output}: errors.md, errors.json, pr_curves.png, gallery/")
+    return 0
+
+
+def _run_model(cfg, dataset: str, folder: str) -> str:
+    """COCOEvaluator's results of the config's model (MODEL.WEIGHTS) on ``dataset``; their path."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    from ..deploy.verification import evaluate_ap
+
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    evaluate_ap(model, cfg, dataset, folder)
+    return os.path.join(folder, "coco_instances_results.json")

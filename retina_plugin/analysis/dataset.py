@@ -57,15 +57,17 @@ class _AnchorsForSize:
         self.strides = [shapes[f].stride for f in self.in_features]
         self.divisibility = max(backbone.size_divisibility, 1)
         self.generator = build_anchor_generator(cfg, [shapes[f] for f in self.in_features])
-        self._cache: Dict[Tuple[int, int], List[Boxes]] = {}
+        self._cache: Dict[Tuple[int, int], Tuple[Boxes, List[int]]] = {}
 
-    def __call__(self, height: int, width: int) -> List[Boxes]:
+    def __call__(self, height: int, width: int) -> Tuple[Boxes, List[int]]:
+        """Every anchor (R, 4), levels in order, and how many each level has."""
         padded = (math.ceil(height / self.divisibility) * self.divisibility,
                   math.ceil(width / self.divisibility) * self.divisibility)
         if padded not in self._cache:
             # The generator reads only the feature maps' sizes.
             features = [torch.zeros(1, 1, math.ceil(padded[0] / s), math.ceil(padded[1] / s)) for s in self.strides]
-            self._cache[padded] = self.generator(features)
+            per_level = self.generator(features)
+            self._cache[padded] = (Boxes.cat(per_level), [len(a) for a in per_level])
         return self._cache[padded]
 
 
@@ -79,18 +81,17 @@ def _analyze_at_scale(cfg, records: Sequence[Dict], short_edge: int, max_size: i
         h, w = _resized_size(record["height"], record["width"], short_edge, max_size)
         scale = np.array([w / record["width"], h / record["height"]] * 2)
         gt = Boxes(torch.as_tensor(boxes * scale, dtype=torch.float32))
-        per_level = anchors(h, w)
-        ious = [pairwise_iou(gt, level) for level in per_level]  # per level (G, R_l)
-        best_per_level = torch.stack([iou.max(dim=1).values for iou in ious], dim=1)  # (G, L)
-        best, level = best_per_level.max(dim=1)
+        all_anchors, level_sizes = anchors(h, w)
+        ious = pairwise_iou(gt, all_anchors)  # (G, R)
+        best_per_level = torch.stack([iou.max(dim=1).values for iou in ious.split(level_sizes, dim=1)], dim=1)
+        best, level = best_per_level.max(dim=1)  # (G,): best IoU, and the level it is on
         best_ious.append(best.numpy())
         levels.append(level.numpy())
         areas.append(gt.area().numpy())
         ratios.append(((gt.tensor[:, 3] - gt.tensor[:, 1]) / (gt.tensor[:, 2] - gt.tensor[:, 0]).clamp(min=1e-6)).numpy())
         class_ids.append(np.array(categories))
         scaled_boxes.append(gt.tensor.numpy())
-        all_anchors = Boxes.cat(per_level)
-        matched, labels = assigner(gt, all_anchors, [len(a) for a in per_level])
+        matched, labels = assigner(gt, all_anchors, level_sizes)
         has_foreground = torch.zeros(len(gt), dtype=torch.bool)
         has_foreground[matched[labels == 1]] = True
         no_foreground += int((~has_foreground).sum())
@@ -126,10 +127,12 @@ def _analyze_at_scale(cfg, records: Sequence[Dict], short_edge: int, max_size: i
     }
 
 
-def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optional[int] = None) -> Dict:
+def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optional[int] = None,
+                    scales: Sequence[str] = ("train", "test")) -> Dict:
     """
     The analysis of ``dataset_name`` (default: the first of ``DATASETS.TRAIN``) for ``cfg``'s
-    model, at the training and the test scale. Keys: "dataset", "images", "boxes",
+    model, at the training and the test scale (``scales``; one computed once where both are
+    the same). Keys: "dataset", "images", "boxes",
     "boxes_per_image", "anchor_sizes", "aspect_ratios", "foreground_iou", "train" and "test"
     (each with "coverage" in [0, 1], "coverage_per_class", "coverage_per_size",
     "no_foreground_anchor", "smaller_than_smallest_anchor", "boxes_per_level", box sides and
@@ -148,10 +151,13 @@ def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optiona
     foreground_iou = float(cfg.MODEL.RETINANET.IOU_THRESHOLDS[-1])
     train_sizes = list(cfg.INPUT.MIN_SIZE_TRAIN)
     train_edge = int(round((min(train_sizes) + max(train_sizes)) / 2))
-    scales = {"train": (train_edge, cfg.INPUT.MAX_SIZE_TRAIN), "test": (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)}
+    sizes = {"train": (train_edge, cfg.INPUT.MAX_SIZE_TRAIN), "test": (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)}
+    at: Dict[str, Dict] = {}
     with torch.no_grad():
-        at = {k: _analyze_at_scale(cfg, records, edge, max_size, anchors, assigner, foreground_iou, classes)
-              for k, (edge, max_size) in scales.items()}
+        for scale in scales:
+            same = [other for other in at if sizes[other] == sizes[scale]]
+            at[scale] = at[same[0]] if same else _analyze_at_scale(
+                cfg, records, *sizes[scale], anchors, assigner, foreground_iou, classes)
     counts = [len(_boxes_xyxy(r)[0]) for r in records]
     per_class = defaultdict(int)
     for record in records:
@@ -172,8 +178,8 @@ def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optiona
         "coverage": at["train"].get("coverage"),
         "coverage_per_class": at["train"].get("coverage_per_class", {}),
         "no_foreground_anchor": at["train"].get("no_foreground_anchor", 0),
-        "train": at["train"],
-        "test": at["test"],
+        "train": at.get("train", {}),
+        "test": at.get("test", {}),
     }
 
 
@@ -182,7 +188,7 @@ def summary_lines(analysis: Dict) -> List[str]:
     lines = [f"{analysis['dataset']}: {analysis['images']} images, {analysis['boxes']} boxes "
              f"({analysis['boxes_per_image']['mean']:.1f} per image), per class {analysis['boxes_per_class']}"]
     for scale in ("train", "test"):
-        at = analysis[scale]
+        at = analysis.get(scale, {})
         if not at.get("boxes"):
             continue
         side, ratio = at["box_side_px"], at["aspect_ratio_h_over_w"]
@@ -232,7 +238,7 @@ def plot_box_shapes(analysis: Dict, path: str, scale: str = "train"):
     return fig
 
 
-def log_training_data_analysis(cfg, logger: logging.Logger, max_images: int = 500) -> Optional[Dict]:
+def log_training_data_analysis(cfg, logger: logging.Logger, max_images: int = 200) -> Optional[Dict]:
     """
     At the start of training: the summary of the first training dataset in the log (on at most
     ``max_images`` images, spread over it), and one WARNING when anchor coverage is under
@@ -241,7 +247,7 @@ def log_training_data_analysis(cfg, logger: logging.Logger, max_images: int = 50
     if not cfg.DATASETS.TRAIN:
         return None
     try:
-        analysis = analyze_dataset(cfg, cfg.DATASETS.TRAIN[0], max_images)
+        analysis = analyze_dataset(cfg, cfg.DATASETS.TRAIN[0], max_images, scales=("train",))
     except Exception as e:  # the analysis informs; a dataset it cannot read fails training anyway
         logger.warning(f"Dataset analysis skipped: {type(e).__name__}: {e}")
         return None

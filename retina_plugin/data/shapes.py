@@ -104,9 +104,11 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (_box_area(box) + _box_area(boxes) - inter)
 
 
-def _draw_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[Dict]]:
+def _draw_image(rng: np.random.Generator, size: int,
+                object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE) -> Tuple[np.ndarray, List[Dict]]:
     """
-    Returns a BGR uint8 image and its objects as {"bbox": [x0, y0, x1, y1], "category_id"}.
+    Returns a BGR uint8 image and its objects as {"bbox": [x0, y0, x1, y1], "category_id"},
+    each object's side drawn uniformly in ``object_size`` (px).
     """
     image = _background(rng, size)
     boxes, objects = np.zeros((0, 4)), []
@@ -115,7 +117,7 @@ def _draw_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[D
         if len(objects) == num_objects:
             break
         class_id = int(rng.choice(len(SHAPES_CLASS_NAMES), p=SHAPES_CLASS_FREQUENCIES))
-        shape_size = rng.uniform(*SHAPES_OBJECT_SIZE)
+        shape_size = rng.uniform(*object_size)
         center = rng.uniform(shape_size / 2, size - shape_size / 2, size=2)
         polygon = _shape_polygon(rng, SHAPES_CLASS_NAMES[class_id], center, shape_size)
         box = np.concatenate([polygon.min(0), polygon.max(0)])
@@ -133,16 +135,19 @@ def _draw_image(rng: np.random.Generator, size: int) -> Tuple[np.ndarray, List[D
     return image, objects
 
 
-def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_size: int = SHAPES_IMAGE_SIZE) -> str:
+def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_size: int = SHAPES_IMAGE_SIZE,
+                          object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE) -> str:
     """
     Draw ``num_images`` images into ``output_dir`` and write ``output_dir/annotations.json``
-    (COCO format, category ids 1..4). Deterministic in ``seed``. Returns the json path.
+    (COCO format, category ids 1..4). Deterministic in ``seed``. ``object_size``: the range of
+    the objects' sides (px), e.g. (6, 12) for objects under the CPU configs' smallest anchor.
+    Returns the json path.
     """
     os.makedirs(output_dir, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng([seed, image_id])
-        image, objects = _draw_image(rng, image_size)
+        image, objects = _draw_image(rng, image_size, object_size)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(output_dir, file_name), image)
         images.append(
@@ -164,7 +169,8 @@ def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_siz
     with open(json_file, "w") as f:
         json.dump(
             {
-                "info": {"num_images": num_images, "seed": seed, "image_size": image_size},
+                "info": {"num_images": num_images, "seed": seed, "image_size": image_size,
+                         **({"object_size": list(object_size)} if tuple(object_size) != SHAPES_OBJECT_SIZE else {})},
                 "images": images,
                 "annotations": annotations,
                 "categories": [

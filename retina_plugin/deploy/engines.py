@@ -286,17 +286,19 @@ class TensorRTEngine(InferenceEngine):
 _ENGINE_CLASSES = {"onnxruntime": OnnxRuntimeEngine, "openvino": OpenVINOEngine, "tensorrt": TensorRTEngine}
 
 
-def load_engine(path: str, threads: Optional[int] = None) -> InferenceEngine:
+def load_engine(path: str, threads: Optional[int] = None, refuse_failed: bool = True) -> InferenceEngine:
     """
     The engine in folder ``path`` (or named by its engine.json). Raises :class:`EngineError`
-    when its backend is missing here or has another version than the one it was made with.
+    when its backend is missing here or has another major version than the one it was made
+    with, and (unless not ``refuse_failed``: its check is being run again) when it failed its
+    check against eager mode.
     """
     directory, metadata = read_engine_metadata(path)
     backend = metadata["backend"]
     if backend not in _ENGINE_CLASSES:
         raise EngineError(f"{directory}: unknown backend {backend!r} (known: {list(BACKENDS)})")
     verification = metadata.get("verification")
-    if verification is not None and not verification.get("passed", False):
+    if refuse_failed and verification is not None and not verification.get("passed", False):
         raise EngineError(
             f"{directory} failed its check against eager mode when it was made "
             f"({verification.get('kind', 'check')}; see {ENGINE_FILE}); export it again, e.g. "

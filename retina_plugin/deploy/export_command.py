@@ -190,10 +190,9 @@ def verify_engine(args) -> str:
                          f"differs from engine.json's); give MODEL.WEIGHTS of the weights it was exported from")
     model = build_any_model(cfg).to("cpu").eval()
     DetectionCheckpointer(model).load(weights)
-    previous = metadata.pop("verification", None) or {}  # an earlier failure must not stop it loading
-    write_engine_metadata(directory, metadata)
+    previous = metadata.pop("verification", None) or {}
     try:
-        engine_model = build_engine_model(cfg, directory)
+        engine_model = build_engine_model(cfg, directory, refuse_failed=False)  # a failure earlier is re-checked
     except EngineError as e:
         sys.exit(f"export_model.py: {e}")
     args.output = directory

@@ -36,13 +36,14 @@ def check_engine_config(cfg, path: str) -> None:
         )
 
 
-def build_engine_model(cfg, path: str, threads=None) -> nn.Module:
+def build_engine_model(cfg, path: str, threads=None, refuse_failed: bool = True) -> nn.Module:
     """
     A FocalRetinaNet from ``cfg`` in eval mode whose backbone and head are the engine at
     ``path``; its own backbone and head weights are never used (kept on the meta device).
+    ``refuse_failed``: see :func:`~retina_plugin.deploy.engines.load_engine`.
     """
     check_engine_config(cfg, path)
-    engine = load_engine(path, threads)
+    engine = load_engine(path, threads, refuse_failed)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.DEVICE = engine.metadata.get("device", "cpu")

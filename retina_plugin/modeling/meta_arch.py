@@ -31,8 +31,6 @@ from .weights_version import WeightsVersion
 
 __all__ = ["FocalRetinaNet", "StaleEngineError"]
 
-logger = logging.getLogger(__name__)
-
 # (normalized, padded images (N, 3, H, W)) -> (features per level, [logits, deltas] per level)
 DensePredictor = Callable[[Tensor], Tuple[List[Tensor], List[List[Tensor]]]]
 
