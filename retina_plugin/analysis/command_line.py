@@ -18,12 +18,18 @@ from .dataset import analyze_dataset, plot_box_shapes, summary_lines
 __all__ = ["argument_parser", "main", "fit_anchors_main", "analyze_errors_main"]
 
 
-def argument_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Box sizes, aspect ratios, FPN levels and anchor coverage of a dataset, at the scales "
-        "the config's resize gives them, with the config's own anchor generator and assigner")
+def _parser(description: str, datasets: str = "TRAIN") -> argparse.ArgumentParser:
+    """The options the three tools share: the config, and the dataset (default: the config's first)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TRAIN)")
+    parser.add_argument("--dataset", metavar="NAME",
+                        help=f"registered dataset (default: the first of DATASETS.{datasets})")
+    return parser
+
+
+def argument_parser() -> argparse.ArgumentParser:
+    parser = _parser("Box sizes, aspect ratios, FPN levels and anchor coverage of a dataset, at the scales "
+                     "the config's resize gives them, with the config's own anchor generator and assigner")
     parser.add_argument("--json", action="store_true", help="print one json object instead of the summary")
     parser.add_argument("--plot", metavar="PNG", help="also draw box width against height with the anchor shapes")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE",
@@ -65,11 +71,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/fit_anchors.py``: fitted anchors, coverage before and after, a yaml to merge."""
-    parser = argparse.ArgumentParser(
-        description="Fit MODEL.ANCHOR_GENERATOR.SIZES and ASPECT_RATIOS to a dataset's boxes at the training "
-        "scale (same anchors per location, one size list per level); never worse than the config's")
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TRAIN)")
+    parser = _parser("Fit MODEL.ANCHOR_GENERATOR.SIZES and ASPECT_RATIOS to a dataset's boxes at the training "
+                     "scale (same anchors per location, one size list per level); never worse than the config's")
     parser.add_argument("--output", required=True, metavar="YAML", help="the anchors, to merge with _BASE_ or cfg")
     parser.add_argument("--seed", type=int, default=0, help="the search's seed: the same seed, the same anchors")
     parser.add_argument("--generations", type=int, default=1000, help="steps of the evolutionary search")
@@ -111,11 +114,8 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
 
 def analyze_errors_main(argv: Optional[Sequence[str]] = None) -> int:
     """``tools/analyze_errors.py``: the AP each error type costs, PR curves, the worst errors drawn."""
-    parser = argparse.ArgumentParser(
-        description="Why AP is low: detections sorted into TIDE's error types with the AP50 each costs, PR curves "
-        "per class and size, and a gallery of the worst false positives and missed objects")
-    parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--dataset", metavar="NAME", help="registered dataset (default: the first of DATASETS.TEST)")
+    parser = _parser("Why AP is low: detections sorted into TIDE's error types with the AP50 each costs, PR curves "
+                     "per class and size, and a gallery of the worst false positives and missed objects", "TEST")
     parser.add_argument("--predictions", metavar="JSON",
                         help="COCOEvaluator's coco_instances_results.json (default: run the model, MODEL.WEIGHTS)")
     parser.add_argument("--output", required=True, metavar="DIR")
