@@ -215,5 +215,13 @@ def test_other_class_names_are_refused(tmp_path):
 def test_registered_with_the_source_class_names():
     from detectron2.data import MetadataCatalog
 
-    for name in ("retina_reef_train", "retina_reef_val"):
+    for name in ("retina_reef_train", "retina_reef_val", "retina_reef_train_third"):
         assert MetadataCatalog.get(name).thing_classes == list(REEF_CLASS_NAMES)
+
+
+def test_the_small_data_split_is_every_third_training_tile(monkeypatch):
+    from retina_plugin.data import reef
+
+    tiles = [{"file_name": f"{i}.png", "image_id": i, "annotations": []} for i in range(10)]
+    monkeypatch.setattr(reef, "_load_split", lambda name, split: tiles if split == "train" else [])
+    assert [t["image_id"] for t in reef.every_third_tile("retina_reef_train_third")] == [0, 3, 6, 9]

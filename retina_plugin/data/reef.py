@@ -381,12 +381,21 @@ def _load_split(name: str, split: str) -> List[Dict]:
     return dicts
 
 
+def every_third_tile(name: str) -> List[Dict]:
+    """``retina_reef_train_third``: every third training tile (32 of 96), the small-data regime."""
+    return _load_split(name, "train")[::3]
+
+
 def register_reef_datasets():
     """
-    Register ``retina_reef_train`` / ``retina_reef_val``; the tiles are built on first load.
+    Register ``retina_reef_train`` / ``retina_reef_val``, and ``retina_reef_train_third`` (every
+    third training tile: a small training set from the same area); the tiles are built on
+    first load.
     """
-    for name, split in REEF_SPLITS.items():
-        DatasetCatalog.register(name, lambda name=name, split=split: _load_split(name, split))
+    loaders = {name: (lambda name=name, split=split: _load_split(name, split)) for name, split in REEF_SPLITS.items()}
+    loaders["retina_reef_train_third"] = lambda: every_third_tile("retina_reef_train_third")
+    for name, load in loaders.items():
+        DatasetCatalog.register(name, load)
         MetadataCatalog.get(name).set(
             thing_classes=list(REEF_CLASS_NAMES),
             thing_dataset_id_to_contiguous_id={i + 1: i for i in range(len(REEF_CLASS_NAMES))},
