@@ -37,23 +37,28 @@ def argument_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _config_with_a_dataset(args, tool: str):
-    """The checked config (on the CPU) with its datasets registered; None (said why) without a dataset."""
+def _config_with_a_dataset(args, tool: str, datasets: str = "TRAIN"):
+    """
+    (the checked config on the CPU with its datasets registered, the dataset to look at:
+    ``--dataset`` or the first of ``DATASETS.<datasets>``); (None, "") and said why without one.
+    """
     setup_process()
     cfg = setup_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], training=False)
     register_datasets_from_config(cfg)
-    if not (args.dataset or cfg.DATASETS.TRAIN):
-        print(f"{tool}: give --dataset NAME (the config's DATASETS.TRAIN is empty)", file=sys.stderr)
-        return None
-    return cfg
+    names = cfg.DATASETS[datasets]
+    dataset = args.dataset or (names[0] if names else "")
+    if not dataset:
+        print(f"{tool}: give --dataset NAME (the config's DATASETS.{datasets} is empty)", file=sys.stderr)
+        return None, ""
+    return cfg, dataset
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = argument_parser().parse_args(argv)
-    cfg = _config_with_a_dataset(args, "analyze_dataset")
+    cfg, dataset = _config_with_a_dataset(args, "analyze_dataset")
     if cfg is None:
         return 2
-    analysis = analyze_dataset(cfg, args.dataset)
+    analysis = analyze_dataset(cfg, dataset)
     if args.plot:
         os.makedirs(os.path.dirname(os.path.abspath(args.plot)), exist_ok=True)
         plot_box_shapes(analysis, args.plot)
@@ -78,11 +83,11 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--generations", type=int, default=1000, help="steps of the evolutionary search")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
-    cfg = _config_with_a_dataset(args, "fit_anchors")
+    cfg, dataset = _config_with_a_dataset(args, "fit_anchors")
     if cfg is None:
         return 2
     try:
-        fit = fit_anchors(cfg, args.dataset, args.seed, args.generations)
+        fit = fit_anchors(cfg, dataset, args.seed, args.generations)
     except ValueError as e:
         print(f"fit_anchors: {e}", file=sys.stderr)
         return 2
@@ -122,12 +127,8 @@ def analyze_errors_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--gallery", type=int, default=8, help="false positives and missed objects drawn, each")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
-    setup_process()
-    cfg = setup_config(args.config_file, list(args.opts) + ["MODEL.DEVICE", "cpu"], training=False)
-    register_datasets_from_config(cfg)
-    dataset = args.dataset or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
-    if not dataset:
-        print("analyze_errors: give --dataset NAME (the config's DATASETS.TEST is empty)", file=sys.stderr)
+    cfg, dataset = _config_with_a_dataset(args, "analyze_errors", "TEST")
+    if cfg is None:
         return 2
     os.makedirs(args.output, exist_ok=True)
     predictions = args.predictions

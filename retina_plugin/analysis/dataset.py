@@ -158,10 +158,11 @@ def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optiona
             same = [other for other in at if sizes[other] == sizes[scale]]
             at[scale] = at[same[0]] if same else _analyze_at_scale(
                 cfg, records, *sizes[scale], anchors, assigner, foreground_iou, classes)
-    counts = [len(_boxes_xyxy(r)[0]) for r in records]
-    per_class = defaultdict(int)
+    counts, per_class = [], defaultdict(int)
     for record in records:
-        for c in _boxes_xyxy(record)[1]:
+        categories = _boxes_xyxy(record)[1]
+        counts.append(len(categories))
+        for c in categories:
             per_class[classes[c] if c < len(classes) else str(c)] += 1
     return {
         "dataset": name,

@@ -26,6 +26,9 @@ import os
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
+import torch
+
+from detectron2.structures import Boxes, BoxMode, pairwise_iou
 
 __all__ = ["ERROR_TYPES", "FOREGROUND_IOU", "BACKGROUND_IOU", "coco_ground_truth", "attribute_errors",
            "error_breakdown", "plot_pr_curves", "draw_gallery", "errors_markdown"]
@@ -47,18 +50,10 @@ def coco_ground_truth(dataset_name: str):
     return coco
 
 
-def _xyxy(boxes_xywh: np.ndarray) -> np.ndarray:
-    boxes = np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4)
-    return np.concatenate([boxes[:, :2], boxes[:, :2] + boxes[:, 2:]], axis=1)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of XYXY boxes (N, 4) x (M, 4)."""
-    low = np.maximum(a[:, None, :2], b[None, :, :2])
-    high = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(high - low, 0, None).prod(-1)
-    area = lambda x: (x[:, 2:] - x[:, :2]).prod(-1)  # noqa: E731
-    return inter / (area(a)[:, None] + area(b)[None] - inter + 1e-12)
+def _xyxy(boxes_xywh: Sequence[Sequence[float]]) -> Boxes:
+    """COCO XYWH boxes as detectron2 Boxes (XYXY)."""
+    boxes = torch.as_tensor(np.asarray(boxes_xywh, dtype=np.float64).reshape(-1, 4))
+    return Boxes(BoxMode.convert(boxes, BoxMode.XYWH_ABS, BoxMode.XYXY_ABS))
 
 
 def attribute_errors(coco, detections: Sequence[Dict]) -> Tuple[List[Dict], List[Dict]]:
@@ -76,7 +71,7 @@ def attribute_errors(coco, detections: Sequence[Dict]) -> Tuple[List[Dict], List
         dets = sorted(by_image.get(image_id, []), key=lambda d: -d["score"])
         gt_boxes = _xyxy([a["bbox"] for a in gts])
         gt_classes = np.array([a["category_id"] for a in gts])
-        ious = _iou(_xyxy([d["bbox"] for d in dets]), gt_boxes) if gts and dets else np.zeros((len(dets), len(gts)))
+        ious = pairwise_iou(_xyxy([d["bbox"] for d in dets]), gt_boxes).numpy()
         taken = np.zeros(len(gts), dtype=bool)
         pointed_at = np.zeros(len(gts), dtype=bool)
         for i, det in enumerate(dets):
@@ -238,8 +233,8 @@ def draw_gallery(coco, breakdown: Dict, metadata, folder: str, count: int = 8) -
             image = read_image_checked(coco.imgs[item["image_id"]]["file_name"], format="RGB")
             visualizer = Visualizer(image, metadata)
             if item.get("gt_id") is not None:
-                visualizer.draw_box(_xyxy([coco.anns[item["gt_id"]]["bbox"]])[0], edge_color="g")
-            box = _xyxy([item["bbox"]])[0]
+                visualizer.draw_box(_xyxy([coco.anns[item["gt_id"]]["bbox"]]).tensor[0].tolist(), edge_color="g")
+            box = _xyxy([item["bbox"]]).tensor[0].tolist()
             visualizer.draw_box(box, edge_color="r" if kind == "false_positive" else "y")
             label = (f"{item['type']}: {names.get(item['category_id'], item['category_id'])} {item['score']:.2f}"
                      if kind == "false_positive" else f"missed: {names.get(item['category_id'], item['category_id'])}")

@@ -19,7 +19,7 @@ from typing import Dict, List, Optional, Tuple
 
 from detectron2.utils import comm
 
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, atomic_write_json
 from .shards import SHARDS, remove_orphan_chunks
 from .sources import PredictionSource
 
@@ -132,8 +132,7 @@ def _record(output_dir: str, source: PredictionSource, items: List[Dict]) -> Non
     record = {"kind": source.kind, "root": source.root,
               "items": [{k: item[k] for k in ("key", "image_id", "file_name", "frame") if k in item}
                         for item in items]}
-    text = json.dumps(record)
-    atomic_write(os.path.join(output_dir, INPUTS_FILE), lambda f: f.write(text), mode="w")
+    atomic_write_json(os.path.join(output_dir, INPUTS_FILE), record)
 
 
 def _prepare_on_rank0(output_dir: str, source: PredictionSource, resume: bool) -> str:

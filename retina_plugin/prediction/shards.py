@@ -24,18 +24,12 @@ from typing import Dict, Iterable, List, Sequence, Set, Tuple
 
 import torch
 
-from ..utils.files import INCOMPLETE_SUFFIX, atomic_write
+from ..utils.files import INCOMPLETE_SUFFIX, atomic_write, atomic_write_json
 
 __all__ = ["ShardWriter", "finished_keys", "remove_orphan_chunks", "merge_shards", "detection_record"]
 
 SHARDS = "shards"
 _CHUNK = re.compile(r"rank(\d+)-(\d+)\.jsonl$")
-
-
-def _write_json(path: str, data, durable: bool = True) -> None:
-    # json.dumps, not json.dump: dump always takes json's pure-Python encoder.
-    text = json.dumps(data)
-    atomic_write(path, lambda f: f.write(text), mode="w", durable=durable)
 
 
 def _write_json_lines(path: str, records: Iterable[Dict], durable: bool = True) -> None:
@@ -190,7 +184,7 @@ def merge_shards(output_dir: str, items: Sequence[Dict], category_ids: Sequence[
         {"image_id": r["image_id"], "category_id": category_ids[c], "bbox": box, "score": score}
         for r in predicted for box, score, c in zip(r["boxes_xywh"], r["scores"], r["classes"])
     ]
-    _write_json(os.path.join(output_dir, "coco_results.json"), results)
+    atomic_write_json(os.path.join(output_dir, "coco_results.json"), results)
     images = [{k: r[k] for k in ("image_id", "file_name", "frame", "width", "height") if k in r} for r in predicted]
-    _write_json(os.path.join(output_dir, "images.json"), [dict(i, id=i.pop("image_id")) for i in images])
+    atomic_write_json(os.path.join(output_dir, "images.json"), [dict(i, id=i.pop("image_id")) for i in images])
     return len(predicted), unreadable

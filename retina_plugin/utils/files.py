@@ -4,9 +4,10 @@ hash, and writes that survive a kill at any moment.
 """
 import contextlib
 import hashlib
+import json
 import os
 
-__all__ = ["INCOMPLETE_SUFFIX", "atomic_write", "file_sha256"]
+__all__ = ["INCOMPLETE_SUFFIX", "atomic_write", "atomic_write_json", "file_sha256"]
 
 INCOMPLETE_SUFFIX = ".incomplete"
 
@@ -48,3 +49,10 @@ def atomic_write(path: str, write_fn, mode: str = "wb", durable: bool = True) ->
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def atomic_write_json(path: str, data, durable: bool = True) -> None:
+    """``data`` as json in ``path``, written with :func:`atomic_write`."""
+    # json.dumps, not json.dump: dump always takes json's pure-Python encoder.
+    text = json.dumps(data)
+    atomic_write(path, lambda f: f.write(text), mode="w", durable=durable)
