@@ -143,6 +143,45 @@ def add_retina_config(cfg):
     # computation per iteration; False leaves detectron2's plain FloatingPointError.
     _C.SOLVER.DIAGNOSE_NONFINITE = True
 
+    # Large images (retina_plugin/slicing, docs/prediction.md "Large images"): predict and
+    # evaluate an image window by window, so that small objects stay at the scale the model was
+    # trained on, instead of resizing the whole image to INPUT.MIN_SIZE_TEST.
+    _C.TEST.SLICE = CN()
+    # Evaluation (train_net.py --eval-only, and the periodic evaluation) and tools/predict.py
+    # slice every image (predict.py's --slice H W sets this and SIZE); SlicedPredictor always.
+    _C.TEST.SLICE.ENABLED = False
+    # Window (height, width) in pixels of the image. A window larger than the image is an
+    # error (predict that image whole).
+    _C.TEST.SLICE.SIZE = (512, 512)
+    # The factor every window is resized by: the scale the model saw its training tiles at
+    # (512-px tiles trained at INPUT.MIN_SIZE_TRAIN ~256: 0.5), so that a window may be larger
+    # than a tile (fewer objects cut) without shrinking the objects. 0: each window resized by
+    # INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST as a test image is (SIZE must then be the tile size).
+    _C.TEST.SLICE.SCALE = 0.0
+    # Fraction of a window that its neighbour also covers: an object smaller than the overlap
+    # is whole in some window.
+    _C.TEST.SLICE.OVERLAP = 0.25
+    # How the windows' detections become one set (retina_plugin/slicing/merge.py): a box that
+    # touches an inner window edge is a partial view, dropped when another window saw that
+    # object whole; when every view is cut, "MERGE" joins them into their union box, "NMS"
+    # keeps the best one. Whole views of one object: NMS at MERGE_IOU_THRESH.
+    _C.TEST.SLICE.MERGE = "MERGE"
+    _C.TEST.SLICE.MERGE_IOU_THRESH = 0.5
+    # A partial view and another view of its class are one object when, clipped to the area
+    # both windows see, their boxes have at least this IoU. 0.7 gave the best AP of 0.5 / 0.7 /
+    # 0.9 on the reef's whole val area (docs/prediction.md "Large images"): one image, 74 boxes.
+    _C.TEST.SLICE.PARTIAL_IOU_THRESH = 0.7
+    # A box within this many pixels (of the resized window the model sees) of an inner window
+    # edge is a partial view.
+    _C.TEST.SLICE.EDGE_MARGIN = 2.0
+    # Also run the whole image, resized to the test size, for objects larger than a window.
+    _C.TEST.SLICE.FULL_IMAGE = False
+    # Windows per model call.
+    _C.TEST.SLICE.BATCH_SIZE = 4
+    # Detections kept per image after merging (0: all); also COCOEvaluator's maxDets when
+    # evaluating sliced (COCO's 100 would cut a large image's recall).
+    _C.TEST.SLICE.DETECTIONS_PER_IMAGE = 1000
+
 
 def load_config(config_file: str, opts: Sequence[str] = (), where: str = "command line"):
     """

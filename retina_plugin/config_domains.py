@@ -109,6 +109,20 @@ DOMAINS: Dict[str, Tuple[Callable, str]] = {
     "INPUT.EXTRA_AUGMENTATIONS": (
         lambda v: all(n in EXTRA_AUGMENTATION_NAMES for n in v),
         "a list of 'VerticalFlip', 'Rotate90', 'ColorJitter'"),
+    # ----------------------------------------------------------- large images
+    "TEST.SLICE.SIZE": (lambda v: len(v) == 2 and all(isinstance(s, int) and s >= 1 for s in v),
+                        "(height, width): two positive integers (pixels of the image)"),
+    "TEST.SLICE.SCALE": (lambda v: _number(v) and 0 <= v <= 16,
+                         "a resize factor in (0, 16], or 0 for the test resize"),
+    "TEST.SLICE.OVERLAP": (lambda v: _number(v) and 0 <= v < 1,
+                           "a fraction in [0, 1) of a window that its neighbour also covers"),
+    "TEST.SLICE.MERGE": _one_of("MERGE", "NMS"),
+    "TEST.SLICE.MERGE_IOU_THRESH": (lambda v: _number(v) and 0 < v <= 1, "an IoU in (0, 1]"),
+    "TEST.SLICE.PARTIAL_IOU_THRESH": (lambda v: _number(v) and 0 < v <= 1,
+                                      "an IoU in (0, 1]"),
+    "TEST.SLICE.EDGE_MARGIN": (lambda v: _number(v) and v >= 0, "pixels >= 0"),
+    "TEST.SLICE.BATCH_SIZE": _integer(1),
+    "TEST.SLICE.DETECTIONS_PER_IMAGE": _integer(0),
 }
 
 # Checked by check_config only when a training run will use them.
@@ -154,6 +168,9 @@ def _cross_key_errors(cfg) -> List[str]:
     if len(labels) != len(cfg.MODEL.RETINANET.IOU_THRESHOLDS) + 1 or not all(x in (-1, 0, 1) for x in labels):
         errors.append(f"MODEL.RETINANET.IOU_LABELS = {labels!r}: expected one label in {{-1, 0, 1}} "
                       "more than MODEL.RETINANET.IOU_THRESHOLDS")
+    if cfg.TEST.SLICE.ENABLED and cfg.TEST.AUG.ENABLED:
+        errors.append("TEST.SLICE.ENABLED and TEST.AUG.ENABLED: test-time augmentation of sliced "
+                      "images is not supported; enable one of them")
     sizes, ratios = cfg.MODEL.ANCHOR_GENERATOR.SIZES, cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS
     if in_domain("MODEL.ANCHOR_GENERATOR.SIZES", sizes) and in_domain("MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", ratios):
         try:

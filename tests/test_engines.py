@@ -8,6 +8,7 @@ import json
 import logging
 
 import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -82,6 +83,23 @@ def test_engine_predictor_is_default_predictor_with_an_engine(eager, fp32_engine
     assert actual.image_size == (110, 150) and len(actual) > 0
     assert detection_differences(expected, actual) == []
     assert predictor.engine.backend == backend
+
+
+def test_sliced_prediction_runs_an_engine_unchanged(eager, fp32_engines):
+    from retina_plugin.slicing import SlicedPredictor
+
+    _require("onnxruntime")
+    cfg, model = eager
+    files = [r["file_name"] for r in mapped_test_images(cfg, "tiny_shapes_val", 0, 6)]
+    rows = [np.concatenate([cv2.imread(f) for f in files[i:i + 3]], axis=1) for i in (0, 3)]
+    mosaic = np.concatenate(rows, axis=0)  # 256 x 384: six val images
+    sliced_cfg = cfg.clone()
+    sliced_cfg.TEST.SLICE.SIZE = (128, 128)
+    expected = SlicedPredictor(sliced_cfg, model=model)(mosaic)["instances"]
+    engine = SlicedPredictor(sliced_cfg, model=build_engine_model(cfg, fp32_engines["onnxruntime"]))
+    actual = engine(mosaic)["instances"]
+    assert len(expected) > 0 and actual.image_size == (256, 384)
+    assert detection_differences(expected, actual) == []
 
 
 def test_refusals_name_their_reason(eager, fp32_engines, tmp_path, caplog):

@@ -72,7 +72,7 @@ def built(tmp_path):
     source, image = _archive(str(root / "source" / "fake.tar.gz"))
     ensure_reef_splits(str(root), source, TILING, download=_no_download)
     splits = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "val_full"):
         with open(root / split / "annotations.json") as f:
             splits[split] = json.load(f)
     return root, splits, image
@@ -132,6 +132,32 @@ def test_yolo_to_coco_boxes_match_the_source_labels(built):
             assert src[0] - 1e-6 <= x0 + bx and x0 + bx + bw <= src[2] + 1e-6
             assert src[1] - 1e-6 <= y0 + by and y0 + by + bh <= src[3] + 1e-6
             assert ann["category_id"] == classes[ann["source_box"]] + 1
+
+
+def test_the_whole_val_area_is_one_image_with_its_boxes_uncut_by_tiles(built):
+    root, splits, image = built
+    (full,) = splits["val_full"]["images"]
+    val_windows = [im["window"] for im in splits["val"]["images"]]
+    x0, y0, x1, y1 = full["window"]
+    assert [x0, y0, x1, y1] == [min(w[0] for w in val_windows), min(w[1] for w in val_windows),
+                                max(w[2] for w in val_windows), max(w[3] for w in val_windows)]
+    assert np.array_equal(cv2.imread(str(root / "val_full" / full["file_name"])), image[y0:y1, x0:x1])
+    source_boxes, _ = yolo_to_xyxy(np.array(LABELS, dtype=float), WIDTH, HEIGHT)
+    by_source = {a["source_box"]: a["bbox"] for a in splits["val_full"]["annotations"]}
+    # Box 2 crosses the split line (clipped to the area); 3 and 4 lie inside it, whole.
+    assert sorted(by_source) == [2, 3, 4]
+    for index in (3, 4):
+        sx0, sy0, sx1, sy1 = source_boxes[index]
+        np.testing.assert_allclose(by_source[index], [sx0 - x0, sy0 - y0, sx1 - sx0, sy1 - sy0], atol=1e-6)
+    assert by_source[2][1] == 0
+    # Each val tile's box is a part of its object's box in the whole area.
+    tiles = {im["id"]: im["window"] for im in splits["val"]["images"]}
+    for ann in splits["val"]["annotations"]:
+        tx, ty = tiles[ann["image_id"]][:2]
+        bx, by, bw, bh = by_source[ann["source_box"]]
+        ax, ay, aw, ah = ann["bbox"]
+        assert bx + x0 - 1e-6 <= ax + tx and ax + tx + aw <= bx + x0 + bw + 1e-6
+        assert by + y0 - 1e-6 <= ay + ty and ay + ty + ah <= by + y0 + bh + 1e-6
 
 
 def test_box_cut_by_the_split_line_is_clipped_on_both_sides(built):
@@ -215,7 +241,7 @@ def test_other_class_names_are_refused(tmp_path):
 def test_registered_with_the_source_class_names():
     from detectron2.data import MetadataCatalog
 
-    for name in ("retina_reef_train", "retina_reef_val", "retina_reef_train_third"):
+    for name in ("retina_reef_train", "retina_reef_val", "retina_reef_val_full", "retina_reef_train_third"):
         assert MetadataCatalog.get(name).thing_classes == list(REEF_CLASS_NAMES)
 
 

@@ -8,6 +8,8 @@ of 4 coral classes in YOLO format, shipped in the MIT-licensed sdist of the PyPI
 checked against its SHA-256, cut into tiles and cached as two COCO-format splits:
 
 - ``retina_reef_val``: the bottom rows of non-overlapping tiles (``REEF_TILING``);
+- ``retina_reef_val_full``: the same area as one image, its boxes clipped only to the area
+  (sliced evaluation of a large image, :mod:`retina_plugin.slicing`);
 - ``retina_reef_train``: overlapping tiles of the area above
   it. The split is by area: no training tile overlaps a validation tile, so no pixel of a
   validation object is ever trained on.
@@ -33,6 +35,8 @@ import yaml
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from .tiled_dataset import TiledCocoWriter
+from .windows import ClipRule, SliceGridError, area_split_windows, clip_boxes_to_window, window_starts
 from ..utils.files import file_sha256
 
 __all__ = [
@@ -49,6 +53,7 @@ __all__ = [
     "tile_starts",
     "reef_tile_windows",
     "crop_boxes_to_tile",
+    "clip_rule",
     "build_reef_splits",
     "ensure_reef_splits",
     "register_reef_datasets",
@@ -90,7 +95,9 @@ REEF_TILING = ReefTiling()
 # The class names of the source's data.yaml (checked when the tiles are built).
 REEF_CLASS_NAMES = ("Montipora_plate/flabellata", "Pocillopora", "Porite_massive", "Montipora_crust/patula")
 # dataset name -> split
-REEF_SPLITS = {"retina_reef_train": "train", "retina_reef_val": "val"}
+# "val_full": the validation area as one 3072 x 1024 image, its boxes uncut by tiles (sliced
+# evaluation, docs/prediction.md "Large images").
+REEF_SPLITS = {"retina_reef_train": "train", "retina_reef_val": "val", "retina_reef_val_full": "val_full"}
 
 
 class ReefSourceError(RuntimeError):
@@ -197,16 +204,13 @@ def yolo_to_xyxy(labels: np.ndarray, width: int, height: int) -> Tuple[np.ndarra
 
 
 def tile_starts(length: int, tile: int, stride: int) -> List[int]:
-    """
-    Starts of windows of size ``tile`` every ``stride`` pixels covering [0, length); the last
-    one ends at ``length``. One window at 0 when ``length <= tile``.
-    """
-    if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile + 1, stride))
-    if starts[-1] != length - tile:
-        starts.append(length - tile)
-    return starts
+    """Starts of the tiles along one side (see :func:`~retina_plugin.data.windows.window_starts`)."""
+    return window_starts(length, tile, stride)
+
+
+def clip_rule(tiling: ReefTiling = REEF_TILING) -> ClipRule:
+    """The tiling's rule for boxes cut by a tile edge."""
+    return ClipRule(tiling.min_visible_fraction, tiling.min_tile_span, tiling.min_side)
 
 
 def reef_tile_windows(
@@ -216,22 +220,16 @@ def reef_tile_windows(
     Tile windows (x0, y0, x1, y1) per split. "val": ``tiling.val_rows`` rows of
     non-overlapping tiles at the bottom (columns left-aligned; a strip narrower than a tile at
     the right is unused); "train": tiles every ``tiling.train_stride`` pixels over the area
-    above the validation rows.
+    above the validation rows. "val_full": the validation area as one window.
     """
-    tile, train_stride, val_rows = tiling.tile, tiling.train_stride, tiling.val_rows
-    val_top = height - val_rows * tile
-    if val_top < tile or width < tile:
-        raise ValueError(
-            f"A {width} x {height} mosaic is too small for {val_rows} validation rows and one "
-            f"training row of {tile}-px tiles"
-        )
-    val = [(x, y, x + tile, y + tile)
-           for y in range(val_top, height - tile + 1, tile)
-           for x in range(0, width - tile + 1, tile)]
-    train = [(x, y, x + tile, y + tile)
-             for y in tile_starts(val_top, tile, train_stride)
-             for x in tile_starts(width, tile, train_stride)]
-    return {"train": train, "val": val}
+    try:
+        windows = area_split_windows(height, width, tiling.tile, tiling.train_stride, tiling.val_rows)
+    except SliceGridError as e:
+        raise ValueError(f"mosaic: {e}") from None
+    val = windows["val"]
+    windows["val_full"] = [(min(w[0] for w in val), min(w[1] for w in val),
+                            max(w[2] for w in val), max(w[3] for w in val))]
+    return windows
 
 
 def crop_boxes_to_tile(
@@ -239,70 +237,10 @@ def crop_boxes_to_tile(
 ) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     The boxes (N, 4) XYXY that a tile ``window`` (x0, y0, x1, y1) shows, clipped and in tile
-    coordinates. A box is kept if at least ``tiling.min_visible_fraction`` of its area is
-    inside, or if its visible part spans ``tiling.min_tile_span`` of the tile in both
-    directions; never if a visible side is shorter than ``tiling.min_side``.
-
-    Returns kept indices (M,) into ``boxes``, their boxes (M, 4) in tile pixels, and which of
-    them were clipped (M,) bool; the boxes not kept are dropped.
+    coordinates, under the tiling's :func:`clip_rule`. Returns kept indices (M,) into
+    ``boxes``, their boxes (M, 4) in tile pixels, and which of them were clipped (M,) bool.
     """
-    min_visible_fraction, min_tile_span, min_side = (
-        tiling.min_visible_fraction, tiling.min_tile_span, tiling.min_side)
-    x0, y0, x1, y1 = window
-    clipped = np.stack([np.clip(boxes[:, 0], x0, x1), np.clip(boxes[:, 1], y0, y1),
-                        np.clip(boxes[:, 2], x0, x1), np.clip(boxes[:, 3], y0, y1)], axis=1)
-    visible_w = clipped[:, 2] - clipped[:, 0]
-    visible_h = clipped[:, 3] - clipped[:, 1]
-    area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    visible_fraction = visible_w * visible_h / np.maximum(area, 1e-9)
-    spans_tile = (visible_w >= min_tile_span * (x1 - x0)) & (visible_h >= min_tile_span * (y1 - y0))
-    keep = ((visible_fraction >= min_visible_fraction) | spans_tile) & (
-        np.minimum(visible_w, visible_h) >= min_side
-    )
-    kept = np.nonzero(keep)[0]
-    was_clipped = np.any(clipped[kept] != boxes[kept], axis=1)
-    return kept, clipped[kept] - np.array([x0, y0, x0, y0], dtype=clipped.dtype), was_clipped
-
-
-def _overlapping(boxes: np.ndarray, window: Sequence[int]) -> np.ndarray:
-    x0, y0, x1, y1 = window
-    return (boxes[:, 0] < x1) & (boxes[:, 2] > x0) & (boxes[:, 1] < y1) & (boxes[:, 3] > y0)
-
-
-def _write_split(output_dir: str, split: str, image: np.ndarray, boxes: np.ndarray,
-                 classes: np.ndarray, names: List[str], windows, info: Dict,
-                 tiling: ReefTiling) -> Dict[str, int]:
-    """
-    Cut ``windows`` out of ``image``, write them and a COCO json into ``output_dir``.
-    Returns counts: tiles, boxes (kept), clipped, dropped.
-    """
-    os.makedirs(output_dir, exist_ok=True)
-    images, annotations = [], []
-    counts = {"tiles": len(windows), "boxes": 0, "clipped": 0, "dropped": 0}
-    for image_id, window in enumerate(windows, 1):
-        x0, y0, x1, y1 = window
-        file_name = f"{split}_x{x0:04d}_y{y0:04d}.png"
-        if not cv2.imwrite(os.path.join(output_dir, file_name), image[y0:y1, x0:x1]):
-            raise OSError(f"Could not write {os.path.join(output_dir, file_name)}")
-        images.append({"id": image_id, "file_name": file_name, "width": x1 - x0,
-                       "height": y1 - y0, "window": list(window)})
-        overlapping = np.nonzero(_overlapping(boxes, window))[0]
-        kept, tile_boxes, was_clipped = crop_boxes_to_tile(boxes[overlapping], window, tiling)
-        counts["dropped"] += len(overlapping) - len(kept)
-        counts["clipped"] += int(was_clipped.sum())
-        for source_index, (bx0, by0, bx1, by1) in zip(overlapping[kept], tile_boxes):
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": image_id,
-                "category_id": int(classes[source_index]) + 1,
-                "bbox": [float(bx0), float(by0), float(bx1 - bx0), float(by1 - by0)],
-                "area": float((bx1 - bx0) * (by1 - by0)), "iscrowd": 0,
-                "source_box": int(source_index),
-            })
-    counts["boxes"] = len(annotations)
-    with open(os.path.join(output_dir, "annotations.json"), "w") as f:
-        json.dump({"info": dict(info, counts=counts), "images": images, "annotations": annotations,
-                   "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)]}, f)
-    return counts
+    return clip_boxes_to_window(boxes, window, clip_rule(tiling))
 
 
 def _tiling_info(source: Dict, tiling: ReefTiling) -> Dict:
@@ -312,7 +250,7 @@ def _tiling_info(source: Dict, tiling: ReefTiling) -> Dict:
 def build_reef_splits(archive: str, output_dir: str, source: Dict = REEF_SOURCE,
                       tiling: ReefTiling = REEF_TILING) -> Dict[str, Dict]:
     """
-    Tile the archive's mosaic into ``output_dir/{train,val}`` (PNG tiles + annotations.json,
+    Tile the archive's mosaic into ``output_dir/{train,val,val_full}`` (PNG tiles + annotations.json,
     category ids 1..K with the source's class names). Logs one WARNING per split counting the
     clipped and dropped boxes. Returns the counts per split.
     """
@@ -324,13 +262,14 @@ def build_reef_splits(archive: str, output_dir: str, source: Dict = REEF_SOURCE,
     height, width = image.shape[:2]
     boxes, classes = yolo_to_xyxy(labels, width, height)
     info = _tiling_info(source, tiling)
+    categories = [{"id": i + 1, "name": n} for i, n in enumerate(names)]
     counts = {}
     for split, windows in reef_tile_windows(height, width, tiling).items():
-        counts[split] = _write_split(os.path.join(output_dir, split), split, image, boxes,
-                                     classes, names, windows, info, tiling)
-        c = counts[split]
+        writer = TiledCocoWriter(os.path.join(output_dir, split), clip_rule(tiling))
+        writer.add_image(image, split, boxes, classes + 1, windows)
+        counts[split] = c = writer.finish(categories, info)
         logger.warning(
-            f"retina_reef_{split}: {c['tiles']} tiles of {tiling.tile} px, {c['boxes']} boxes; "
+            f"retina_reef_{split}: {c['tiles']} tile(s), {c['boxes']} boxes; "
             f"{c['clipped']} box(es) clipped at a tile edge, {c['dropped']} dropped (less than "
             f"{tiling.min_visible_fraction:.0%} of the box inside the tile)"
         )
@@ -350,18 +289,18 @@ def _split_is_current(split_dir: str, info: Dict) -> bool:
 def ensure_reef_splits(root: str, source: Dict = REEF_SOURCE, tiling: ReefTiling = REEF_TILING,
                        download: Callable[[str, str], str] = pip_download) -> str:
     """
-    Build ``root/{train,val}`` unless both already hold this exact tiling of this source;
+    Build ``root/{train,val,val_full}`` unless all hold this exact tiling of this source;
     returns ``root``. Several processes may call it at once: each builds in a private folder
     and the first to finish moves it into place.
     """
     info = _tiling_info(source, tiling)
-    if all(_split_is_current(os.path.join(root, s), info) for s in ("train", "val")):
+    if all(_split_is_current(os.path.join(root, s), info) for s in REEF_SPLITS.values()):
         return root
     archive = fetch_reef_source(os.path.join(root, "source"), source, download)
     tmp_dir = tempfile.mkdtemp(prefix=".build-", dir=root)
     try:
         build_reef_splits(archive, tmp_dir, source, tiling)
-        for split in ("train", "val"):
+        for split in REEF_SPLITS.values():
             target = os.path.join(root, split)
             if _split_is_current(target, info):
                 continue  # another process was first

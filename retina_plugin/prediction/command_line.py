@@ -21,7 +21,7 @@ from detectron2.utils import comm
 from ..entry_points.defaults import setup_config, setup_logging, setup_process
 from ..data import register_datasets_from_config
 
-__all__ = ["argument_parser", "default_num_workers", "main", "predict"]
+__all__ = ["argument_parser", "apply_slice_arguments", "default_num_workers", "main", "predict"]
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -36,9 +36,36 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="DataLoader workers decoding and resizing (default: see default_num_workers)")
     parser.add_argument("--engine", metavar="DIR", help="a deployment engine (tools/export_model.py) instead of MODEL.WEIGHTS")
     parser.add_argument("--draw", action="store_true", help="also write the detections drawn (images, or the video)")
+    parser.add_argument("--draw-threshold", type=float, default=0.0, metavar="SCORE",
+                        help="with --draw on images: draw only detections scoring at least this")
     parser.add_argument("--video-frames", action="store_true", help="with --draw on a video: PNG frames instead of an mp4")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads per process (0: cores / processes)")
+    parser.add_argument("--slice", type=int, nargs=2, metavar=("H", "W"),
+                        help="large images: predict each window by window of H x W image pixels, merged "
+                             "(TEST.SLICE, docs/prediction.md 'Large images'); resumable per window")
+    parser.add_argument("--overlap", type=float, metavar="F",
+                        help="with --slice: the fraction of a window its neighbour also covers (TEST.SLICE.OVERLAP)")
     return parser
+
+
+def apply_slice_arguments(cfg, size, overlap) -> None:
+    """``--slice H W`` / ``--overlap F`` into ``cfg.TEST.SLICE`` (checked, errors name the flag)."""
+    from ..config_domains import in_domain
+
+    if size is None:
+        if overlap is not None:
+            raise SystemExit("predict.py: --overlap needs --slice H W")
+        return
+    if not in_domain("TEST.SLICE.SIZE", list(size)):
+        raise SystemExit(f"predict.py: --slice {size[0]} {size[1]}: expected two positive integers (window height and width)")
+    if overlap is not None and not in_domain("TEST.SLICE.OVERLAP", overlap):
+        raise SystemExit(f"predict.py: --overlap {overlap}: expected a fraction in [0, 1)")
+    cfg.defrost()
+    cfg.TEST.SLICE.ENABLED = True
+    cfg.TEST.SLICE.SIZE = tuple(size)
+    if overlap is not None:
+        cfg.TEST.SLICE.OVERLAP = overlap
+    cfg.freeze()
 
 
 def default_num_workers(device: str, threads: int, processes_per_machine: int = 1) -> int:
@@ -73,6 +100,7 @@ def predict(args) -> Optional[dict]:
     if args.batch_size < 1 or (args.num_workers is not None and args.num_workers < 0):
         raise SystemExit("predict.py: --batch-size must be >= 1 and --num-workers >= 0")
     cfg = setup_config(args.config_file, args.opts, training=False)
+    apply_slice_arguments(cfg, args.slice, args.overlap)
     if not args.engine and not cfg.MODEL.WEIGHTS:
         raise SystemExit("predict.py: give MODEL.WEIGHTS path/to/model_final.pth, or --engine DIR")
     register_datasets_from_config(cfg)
@@ -85,8 +113,13 @@ def predict(args) -> Optional[dict]:
     if num_workers is None:
         num_workers = default_num_workers(cfg.MODEL.DEVICE, torch.get_num_threads(), comm.get_local_size())
     start = time.perf_counter()
-    counts = predict_on_rank(model, cfg, source, args.output, args.batch_size, num_workers,
-                             args.resume, args.draw)
+    if cfg.TEST.SLICE.ENABLED:
+        from .sliced_runner import predict_sliced_on_rank
+
+        counts = predict_sliced_on_rank(model, cfg, source, args.output, args.resume, args.draw, args.draw_threshold)
+    else:
+        counts = predict_on_rank(model, cfg, source, args.output, args.batch_size, num_workers,
+                                 args.resume, args.draw, args.draw_threshold)
     all_counts = comm.gather(counts, dst=0)
     if not comm.is_main_process():
         return None

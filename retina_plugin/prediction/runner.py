@@ -31,7 +31,7 @@ from .output_folder import prepare_output_folder
 from .shards import ShardWriter, detection_record, finished_keys, merge_shards
 from .sources import ImageFiles, PredictionSource, VideoFrames
 
-__all__ = ["shard_items", "predict_on_rank", "ShapeBatches", "finish", "draw_video"]
+__all__ = ["shard_items", "class_info", "drawn_path", "draw_image", "predict_on_rank", "ShapeBatches", "finish", "draw_video"]
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,8 @@ def shard_items(items: Sequence[Dict], rank: int, world_size: int) -> List[Dict]
     return list(items[start: start + per_rank + (1 if rank < extra else 0)])
 
 
-def _class_info(cfg):
+def class_info(cfg):
+    """(class names, COCO category id of each class) for the config's test (or train) dataset."""
     names = cfg.DATASETS.TEST or cfg.DATASETS.TRAIN
     metadata = MetadataCatalog.get(names[0]) if names else None
     classes = list(metadata.get("thing_classes", [])) if metadata else []
@@ -58,19 +59,22 @@ def _class_info(cfg):
     return classes, category_ids
 
 
-def _drawn_path(output_dir: str, item: Dict) -> str:
+def drawn_path(output_dir: str, item: Dict) -> str:
+    """Where ``--draw`` writes an image's drawing."""
     stem = os.path.splitext(os.path.basename(item["file_name"]))[0]
     return os.path.join(output_dir, "drawn", f"{stem}_{item['image_id']}.png")
 
 
 def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch_size: int = 8,
-                    num_workers: int = 2, resume: bool = False, draw: bool = False) -> Dict:
+                    num_workers: int = 2, resume: bool = False, draw: bool = False,
+                    draw_threshold: float = 0.0) -> Dict:
     """
     Predict this rank's share of ``source`` into ``output_dir``; returns this rank's counts.
     Collective: every rank calls it. Without ``resume`` the output folder must hold no earlier
     results; with it, the inputs are checked against the recorded list (see
     :mod:`retina_plugin.prediction.output_folder`), whose ids ``source.items`` then takes.
-    At most ``batch_size`` decoded images wait in memory, whatever their shapes.
+    At most ``batch_size`` decoded images wait in memory, whatever their shapes. ``draw``: also
+    draw each image's detections scoring >= ``draw_threshold``.
     """
     rank, world_size = comm.get_rank(), comm.get_world_size()
     source.items = prepare_output_folder(output_dir, source, resume)
@@ -85,7 +89,7 @@ def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch
         dataset = ImageFiles(mine, resize, cfg.INPUT.FORMAT)
     loader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
                         prefetch_factor=2 * batch_size if num_workers else None)
-    class_names, _ = _class_info(cfg)
+    class_names, _ = class_info(cfg)
     writer = ShardWriter(output_dir, rank)
     waiting = ShapeBatches(batch_size)
     counts = {"images": 0, "unreadable": 0, "skipped_as_done": len(share) - len(mine)}
@@ -101,7 +105,7 @@ def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch
                 instances = output["instances"].to("cpu")
                 records.append(detection_record(item, instances, class_names))
                 if draw and source.kind != "video":
-                    _draw(cfg, item, instances, output_dir)
+                    _draw(cfg, item, instances[instances.scores >= draw_threshold], output_dir)
             counts["images"] += len(batch)
         # One chunk for what was flushed together: results reach disk every batch_size inputs.
         writer.write(records)
@@ -157,8 +161,12 @@ class ShapeBatches:
 
 
 def _draw(cfg, item: Dict, instances, output_dir: str) -> None:
-    image = read_image_checked(item["file_name"], format="BGR")
-    path = _drawn_path(output_dir, item)
+    draw_image(cfg, item, read_image_checked(item["file_name"], format="BGR"), instances, output_dir)
+
+
+def draw_image(cfg, item: Dict, image, instances, output_dir: str) -> None:
+    """Write ``instances`` drawn over ``image`` (H, W, 3) BGR to :func:`drawn_path`."""
+    path = drawn_path(output_dir, item)
     os.makedirs(os.path.dirname(path), exist_ok=True)
     cv2.imwrite(path, draw_detections(image, instances, MetadataCatalog.get((cfg.DATASETS.TEST or ["__unused"])[0])))
 
@@ -214,7 +222,7 @@ def finish(cfg, source: PredictionSource, output_dir: str, counts: Sequence[Dict
 
     from ..utils.files import atomic_write
 
-    _, category_ids = _class_info(cfg)
+    _, category_ids = class_info(cfg)
     predicted, unreadable = merge_shards(output_dir, source.items, category_ids)
     summary = {
         "inputs": len(source.items),

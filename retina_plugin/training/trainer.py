@@ -2,7 +2,8 @@
 The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator,
 with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis, a
 metrics.json without repeated iterations after ``--resume``, and the training data's analysis
-(anchor coverage) in the log before the first iteration.
+(anchor coverage) in the log before the first iteration, and sliced evaluation of large images
+(``TEST.SLICE``).
 """
 import contextlib
 import logging
@@ -19,6 +20,7 @@ from detectron2.utils import comm
 from ..analysis.dataset import log_training_data_analysis
 from ..data.mapper import CheckedDatasetMapper
 from ..modeling import FocalRetinaNetWithTTA
+from ..slicing import SlicedInference
 from .checkpoint import AtomicDetectionCheckpointer
 from .metrics_json import drop_records_from
 from .nonfinite_diagnosis import NonFiniteWatch
@@ -92,7 +94,21 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
+        if cfg.TEST.SLICE.ENABLED:
+            # Images at their own size: the sliced model resizes each window.
+            return build_detection_test_loader(
+                cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False, augmentations=[]))
         return build_detection_test_loader(cfg, dataset_name, mapper=CheckedDatasetMapper(cfg, False))
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """
+        detectron2's evaluation; with ``TEST.SLICE.ENABLED`` every test image is predicted
+        window by window (:class:`~retina_plugin.slicing.SlicedInference`).
+        """
+        if cfg.TEST.SLICE.ENABLED:
+            model = SlicedInference.from_config(cfg, model)
+        return super().test(cfg, model, evaluators)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -103,7 +119,10 @@ class Trainer(DefaultTrainer):
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         if output_folder is None:
             output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder)
+        max_dets = None
+        if cfg.TEST.SLICE.ENABLED:
+            max_dets = cfg.TEST.SLICE.DETECTIONS_PER_IMAGE or 10 ** 6
+        return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_folder, max_dets_per_image=max_dets)
 
     @classmethod
     def test_with_TTA(cls, cfg, model):
