@@ -8,14 +8,15 @@ COCO AP on
 - the same image sliced into 512-px windows (each resized as a tile), and into 1024-px windows
   at the tiles' half scale (TEST.SLICE.SCALE), merged by our rules (three partial-view IoUs) and,
   on the very same window detections, by sahi's (NMS, NMM, GREEDYNMM; only if ``sahi`` imports:
-  ``pip install sahi==0.12.8``, not a dependency of the project);
+  ``pip install --target /tmp/sahi_site --no-deps sahi==0.12.8 shapely`` and
+  ``PYTHONPATH=/tmp/sahi_site``; not a dependency of the project, see docs/prediction.md);
 - the whole image at the tiles' scale in one input;
 and the sliced AP through the real entry point (``Trainer.test`` with ``TEST.SLICE.ENABLED``),
 which must equal this script's own.
 
-    python experiment_records/large_images/run.py output/reef_v2/model_final.pth [configs/reef_R18_cpu_v2.yaml]
+    python experiment_records/large_images/run.py output/reef_v2/model_final.pth [configs/reef_R18_cpu_v2.yaml [TAG]]
 
-Writes results.json / results.md here and docs/large_image_reef.jpg (the val area with the
+Writes results{TAG}.json / results{TAG}.md here and, without a TAG, docs/large_image_reef.jpg (the val area with the
 sliced detections scoring >= 0.4, downscaled).
 """
 import json
@@ -96,7 +97,7 @@ def plain_nms(views, image_size):
     return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep])
 
 
-def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml") -> int:
+def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml", tag: str = "") -> int:
     torch.set_num_threads(2)
     cfg = load_config(config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", os.path.join(REPO, "output", "large_images_eval")])
     model = build_model(cfg).eval()
@@ -136,18 +137,20 @@ def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml") -> int:
         views = [d for batch in detect_in_windows(model, image, windows, settings, resize) for d in batch]
         seconds = time.perf_counter() - start
         timings[label] = {"windows": len(windows), "seconds": seconds}
-        variants = {f"{label}, ours MERGE, partial IoU {t}": merge_views(views, size, replace(settings, partial_threshold=t))
+        variants = {f"{label}, ours {method}, partial IoU {t}": merge_views(
+            views, size, replace(settings, merge=method, partial_threshold=t)) for method in ("MERGE", "NMS")
                     for t in (0.5, 0.7, 0.9)}
-        variants[f"{label}, ours NMS"] = merge_views(views, size, replace(settings, merge="NMS"))
         variants[f"{label}, class-wise NMS 0.5 without the edge rule"] = plain_nms(views, size)
         if side == 512 and overlap == 0.25:
             full = detect_in_full_image(model, image, resize)
-            variants[f"{label}, ours MERGE + whole-image pass"] = merge_views(views + [full], size, settings)
+            for method in ("MERGE", "NMS"):
+                variants[f"{label}, ours {method}, partial IoU {settings.partial_threshold} + whole-image pass"] = merge_views(
+                    views + [full], size, replace(settings, merge=method))
         try:
             for method, metric in (("NMS", "IOU"), ("NMM", "IOS"), ("GREEDYNMM", "IOS")):
                 variants[f"{label}, sahi {method} {metric} 0.5"] = sahi_merge(views, size, method, metric)
         except ImportError:
-            print("sahi is not installed: its merges are left out (pip install sahi==0.12.8)")
+            print("sahi is not installed: its merges are left out (see this script's docstring)")
         for name, instances in variants.items():
             rows[name] = coco_ap(gt, record["image_id"], instances, category_ids)
             print(f"{name}: {rows[name]}", flush=True)
@@ -158,24 +161,31 @@ def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml") -> int:
     timings["whole image at scale 0.5, one input"] = {"windows": 1, "seconds": time.perf_counter() - start}
     rows["val area as one image at scale 0.5 (one 1536 x 512 input)"] = coco_ap(
         gt, record["image_id"], merge_views(views, size, settings), category_ids)
-    chosen = merge_views([d for batch in detect_in_windows(model, image, slice_windows(*size, base.size, base.overlap), base, resize)
-                          for d in batch], size, base)
-    drawn = draw_detections(image, chosen[chosen.scores >= 0.4], MetadataCatalog.get("retina_reef_val_full"))
-    small = cv2.resize(drawn, (drawn.shape[1] // 2, drawn.shape[0] // 2), interpolation=cv2.INTER_AREA)
-    cv2.imwrite(os.path.join(REPO, "docs", "large_image_reef.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not tag:
+        _draw(model, image, size, base, resize)
     entry = Trainer.test(_with(cfg, "retina_reef_val_full", sliced=True), model)["bbox"]
     rows["Trainer.test with TEST.SLICE.ENABLED (the config's TEST.SLICE)"] = {k: entry[k] for k in ("AP", "AP50", "AP75")}
     timings["val tiles, plain evaluation"] = {"seconds": tiles_seconds}
     results = {"weights": weights, "config": config, "rows": rows, "timings": timings}
-    with open(os.path.join(HERE, "results.json"), "w") as f:
+    with open(os.path.join(HERE, f"results{tag}.json"), "w") as f:
         json.dump(results, f, indent=1)
     lines = ["| setting | AP | AP50 | AP75 |", "|---|---|---|---|"]
     lines += [f"| {name} | {r['AP']:.1f} | {r['AP50']:.1f} | {r['AP75']:.1f} |" for name, r in rows.items()]
-    with open(os.path.join(HERE, "results.md"), "w") as f:
+    with open(os.path.join(HERE, f"results{tag}.md"), "w") as f:
         f.write("\n".join(lines) + "\n\n" + json.dumps(timings, indent=1) + "\n")
     print("\n".join(lines))
     print(json.dumps(timings, indent=1))
     return 0
+
+
+def _draw(model, image, size, settings, resize) -> None:
+    """docs/large_image_reef.jpg: the sliced detections scoring >= 0.4, at half size."""
+    windows = slice_windows(*size, settings.size, settings.overlap)
+    chosen = merge_views([d for batch in detect_in_windows(model, image, windows, settings, resize) for d in batch],
+                         size, settings)
+    drawn = draw_detections(image, chosen[chosen.scores >= 0.4], MetadataCatalog.get("retina_reef_val_full"))
+    small = cv2.resize(drawn, (drawn.shape[1] // 2, drawn.shape[0] // 2), interpolation=cv2.INTER_AREA)
+    cv2.imwrite(os.path.join(REPO, "docs", "large_image_reef.jpg"), small, [cv2.IMWRITE_JPEG_QUALITY, 80])
 
 
 def _with(cfg, dataset: str, sliced: bool = False):

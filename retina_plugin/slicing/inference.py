@@ -47,9 +47,9 @@ class SliceSettings:
     size: Tuple[int, int] = (512, 512)
     scale: float = 0.0
     overlap: float = 0.25
-    merge: str = "MERGE"
+    merge: str = "NMS"
     merge_iou_threshold: float = 0.5
-    partial_threshold: float = 0.7
+    partial_threshold: float = 0.9
     edge_margin: float = 2.0
     full_image: bool = False
     batch_size: int = 4

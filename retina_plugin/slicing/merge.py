@@ -106,7 +106,7 @@ def _agreement(b: np.ndarray, seen_by: np.ndarray, cut: np.ndarray, j: np.ndarra
 
 def merge_window_detections(
     boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, windows: torch.Tensor, partial: torch.Tensor,
-    method: str = "MERGE", iou_threshold: float = 0.5, partial_threshold: float = 0.7,
+    method: str = "NMS", iou_threshold: float = 0.5, partial_threshold: float = 0.9,
     max_detections: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """
