@@ -16,6 +16,7 @@ from typing import List, Sequence, Tuple
 from detectron2.config import CfgNode
 from detectron2.config import CfgNode as CN
 from detectron2.config import LazyConfig, get_cfg
+from detectron2.data import transforms as T
 
 __all__ = [
     "ConfigError",
@@ -26,6 +27,7 @@ __all__ = [
     "build_any_model",
     "model_weights",
     "inference_resize",
+    "test_resize",
 ]
 
 
@@ -292,3 +294,9 @@ def inference_resize(cfg) -> Tuple[int, int, str]:
     if not resizes:
         raise ConfigError("dataloader.test.mapper.augmentations has no ResizeShortestEdge")
     return resizes[0].short_edge_length, resizes[0].max_size, cfg.model.input_format
+
+
+def test_resize(cfg):
+    """The config's test-time resize as an augmentation (DefaultPredictor's ResizeShortestEdge)."""
+    min_size, max_size, _ = inference_resize(cfg)
+    return T.ResizeShortestEdge(min_size, max_size)

@@ -23,9 +23,9 @@ from retina_plugin.data.reef import (
     crop_boxes_to_tile,
     ensure_reef_splits,
     reef_tile_windows,
-    tile_starts,
     yolo_to_xyxy,
 )
+from retina_plugin.data.windows import window_starts
 
 TILING = ReefTiling(tile=64, train_stride=32, val_rows=1)
 HEIGHT, WIDTH = 200, 170
@@ -79,9 +79,9 @@ def built(tmp_path):
 
 
 def test_tile_starts_cover_the_length_and_end_at_it():
-    assert tile_starts(200, 64, 32) == [0, 32, 64, 96, 128, 136]
-    assert tile_starts(64, 64, 32) == [0]
-    assert tile_starts(50, 64, 32) == [0]
+    assert window_starts(200, 64, 32) == [0, 32, 64, 96, 128, 136]
+    assert window_starts(64, 64, 32) == [0]
+    assert window_starts(50, 64, 32) == [0]
 
 
 def test_area_split_no_val_tile_or_box_overlaps_a_train_tile(built):

@@ -31,14 +31,13 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.layers import batched_nms
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from retina_plugin.config import load_config
+from retina_plugin.config import load_config, test_resize
 from retina_plugin.data.reef import REEF_SPLITS, reef_root
 from retina_plugin.data.windows import slice_windows
 from retina_plugin.slicing.inference import SliceSettings, detect_in_windows, detect_in_full_image, merge_views
@@ -117,7 +116,7 @@ def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml", tag: str = 
     category_ids = {v: k for k, v in mapping.items()}
     image = cv2.imread(record["file_name"])
     size = image.shape[:2]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resize = test_resize(cfg)
     timings = {}
     base = SliceSettings.from_config(cfg)
     # The val tiles themselves (6 x 2 windows of 512 px without overlap), their detections placed

@@ -36,7 +36,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
 from .tiled_dataset import TiledCocoWriter
-from .windows import ClipRule, SliceGridError, area_split_windows, clip_boxes_to_window, window_starts
+from .windows import ClipRule, SliceGridError, area_split_windows, clip_boxes_to_window
 from ..utils.files import file_sha256
 
 __all__ = [
@@ -50,7 +50,6 @@ __all__ = [
     "fetch_reef_source",
     "read_reef_source",
     "yolo_to_xyxy",
-    "tile_starts",
     "reef_tile_windows",
     "crop_boxes_to_tile",
     "clip_rule",
@@ -201,11 +200,6 @@ def yolo_to_xyxy(labels: np.ndarray, width: int, height: int) -> Tuple[np.ndarra
                       (cx + w / 2) * width, (cy + h / 2) * height], axis=1)
     boxes = np.clip(boxes, 0, [width, height, width, height])
     return boxes, labels[:, 0].astype(np.int64)
-
-
-def tile_starts(length: int, tile: int, stride: int) -> List[int]:
-    """Starts of the tiles along one side (see :func:`~retina_plugin.data.windows.window_starts`)."""
-    return window_starts(length, tile, stride)
 
 
 def clip_rule(tiling: ReefTiling = REEF_TILING) -> ClipRule:

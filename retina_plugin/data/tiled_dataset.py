@@ -16,7 +16,7 @@ import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.structures import BoxMode
 
-from .windows import ClipRule, SliceGridError, area_split_windows, boxes_overlapping, clip_boxes_to_window, slice_windows
+from .windows import ClipRule, SliceGridError, area_split_windows, boxes_overlapping, clip_boxes_to_window, slice_windows, window_stride
 
 __all__ = ["TiledCocoWriter", "dataset_categories", "slice_registered_dataset"]
 
@@ -110,7 +110,7 @@ def slice_registered_dataset(dataset_name: str, output_dir: str, size: int, over
     categories = dataset_categories(MetadataCatalog.get(dataset_name))
     splits = ("train", "val") if val_rows else ("all",)
     writers = {s: TiledCocoWriter(output_dir if s == "all" else os.path.join(output_dir, s), rule) for s in splits}
-    stride = max(1, int(round(size * (1 - overlap))))
+    stride = window_stride(size, overlap)
     for index, record in enumerate(records):
         image = cv2.imread(record["file_name"], cv2.IMREAD_COLOR)
         if image is None:

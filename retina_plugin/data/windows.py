@@ -17,6 +17,7 @@ __all__ = [
     "ClipRule",
     "SliceGridError",
     "window_starts",
+    "window_stride",
     "slice_windows",
     "area_split_windows",
     "boxes_overlapping",
@@ -57,7 +58,8 @@ def window_starts(length: int, window: int, stride: int) -> List[int]:
     return starts
 
 
-def _stride(size: int, overlap: float) -> int:
+def window_stride(size: int, overlap: float) -> int:
+    """Pixels between the starts of neighbouring windows of ``size`` overlapping by ``overlap``."""
     return max(1, int(round(size * (1.0 - overlap))))
 
 
@@ -80,8 +82,8 @@ def slice_windows(height: int, width: int, size: Sequence[int], overlap: float) 
             "image: predict it whole, or choose a smaller window"
         )
     return [(x, y, x + window_width, y + window_height)
-            for y in window_starts(height, window_height, _stride(window_height, overlap))
-            for x in window_starts(width, window_width, _stride(window_width, overlap))]
+            for y in window_starts(height, window_height, window_stride(window_height, overlap))
+            for x in window_starts(width, window_width, window_stride(window_width, overlap))]
 
 
 def area_split_windows(height: int, width: int, size: int, train_stride: int,

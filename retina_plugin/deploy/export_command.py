@@ -25,9 +25,8 @@ import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode, get_cfg
 from detectron2.data import DatasetCatalog
-from detectron2.data import transforms as T
 
-from ..config import add_retina_config, build_any_model, inference_resize, load_config, model_weights
+from ..config import add_retina_config, build_any_model, inference_resize, load_config, model_weights, test_resize
 from ..data import register_datasets_from_config
 from ..data.mapper import read_image_checked
 from ..entry_points.defaults import setup_logging, setup_process
@@ -89,14 +88,14 @@ def sample_image(cfg, path: str) -> torch.Tensor:
     ``path`` (or the first image of the config's test set), resized as DefaultPredictor does:
     a float (3, H, W) tensor in INPUT.FORMAT.
     """
-    min_size, max_size, image_format = inference_resize(cfg)
+    _, _, image_format = inference_resize(cfg)
     if not path:
         test_sets = cfg.DATASETS.TEST if hasattr(cfg, "DATASETS") else [cfg.dataloader.test.dataset.names]
         if not test_sets:
             raise SystemExit("export_model.py: give --sample-image (the config has no test set)")
         path = DatasetCatalog.get(test_sets[0])[0]["file_name"]
     image = read_image_checked(path, format=image_format)
-    image = T.ResizeShortestEdge([min_size] * 2, max_size).get_transform(image).apply_image(image)
+    image = test_resize(cfg).get_transform(image).apply_image(image)
     return torch.as_tensor(image.astype("float32").transpose(2, 0, 1))
 
 

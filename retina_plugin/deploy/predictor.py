@@ -10,10 +10,10 @@ top-k and NMS may differ, they run after the engine.
 """
 from torch import nn
 
-from detectron2.data import transforms as T
 from detectron2.engine import DefaultPredictor
 from detectron2.modeling import build_model
 
+from ..config import test_resize
 from .build import model_key_values
 from .engines import EngineError, load_engine, read_engine_metadata
 
@@ -66,9 +66,7 @@ class EnginePredictor(DefaultPredictor):
         # DefaultPredictor.__init__ would load MODEL.WEIGHTS: the weights are in the engine.
         self.cfg = cfg.clone()
         self.model = build_engine_model(cfg, engine_path, threads)
-        self.aug = T.ResizeShortestEdge(
-            [cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST
-        )
+        self.aug = test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         assert self.input_format in ["RGB", "BGR"], self.input_format
 

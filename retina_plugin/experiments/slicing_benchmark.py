@@ -62,9 +62,7 @@ def measure_one(config_file: str, opts: Sequence[str], image_path: str, threads:
     """In this process: predict ``image_path`` sliced; seconds, windows, one window's seconds, peak RSS."""
     import torch
 
-    from detectron2.data import transforms as T
-
-    from ..config import load_config
+    from ..config import load_config, test_resize
     from ..config_domains import check_model_values
     from ..data.windows import slice_windows
     from ..slicing import SlicedPredictor
@@ -83,7 +81,7 @@ def measure_one(config_file: str, opts: Sequence[str], image_path: str, threads:
     # One batch of windows, repeated: the cost of a window when the model runs full batches.
     probe = np.full((settings.size[0], settings.size[1] * settings.batch_size, 3), 96, np.uint8)
     probe_windows = slice_windows(*probe.shape[:2], settings.size, 0.0)
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resize = test_resize(cfg)
     list(detect_in_windows(predictor.model, probe, probe_windows, settings, resize))
     start = time.perf_counter()
     for _ in range(3):

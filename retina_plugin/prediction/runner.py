@@ -22,9 +22,9 @@ import tqdm
 from torch.utils.data import DataLoader
 
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.utils import comm
 
+from ..config import test_resize
 from ..data.mapper import read_image_checked
 from ..visualization import draw_detections
 from .output_folder import prepare_output_folder
@@ -81,7 +81,7 @@ def predict_on_rank(model, cfg, source: PredictionSource, output_dir: str, batch
     done = finished_keys(output_dir) if resume else set()
     share = shard_items(source.items, rank, world_size)
     mine = [item for item in share if item["key"] not in done]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resize = test_resize(cfg)
     if source.kind == "video":
         dataset = VideoFrames(source.video, mine, resize, cfg.INPUT.FORMAT)
         num_workers = min(num_workers, 1)  # one reader: frames come in order

@@ -18,9 +18,9 @@ from typing import Dict, Optional, Set
 import numpy as np
 import tqdm
 
-from detectron2.data import transforms as T
 from detectron2.utils import comm
 
+from ..config import test_resize
 from ..data.mapper import UnreadableImageError
 from ..data.windows import SliceGridError, slice_windows
 from ..slicing.inference import SliceSettings, WindowDetections, detect_in_full_image, detect_in_windows, merge_views, read_large_image
@@ -116,7 +116,7 @@ def predict_sliced_on_rank(model, cfg, source, output_dir: str, resume: bool = F
     done: Set[str] = finished_keys(output_dir) if resume else set()
     share = shard_items(source.items, rank, world_size)
     mine = [item for item in share if item["key"] not in done]
-    resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    resize = test_resize(cfg)
     writer = ShardWriter(output_dir, rank)
     counts = {"images": 0, "unreadable": 0, "windows": 0, "skipped_as_done": len(share) - len(mine)}
     start = time.perf_counter()

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from detectron2.data import transforms as T
 from detectron2.structures import Boxes, Instances
 
+from ..config import test_resize
 from ..data.mapper import UnreadableImageError
 from .merge import merge_window_detections
 from ..data.windows import Window, slice_windows
@@ -261,7 +262,7 @@ class SlicedInference(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module) -> "SlicedInference":
-        resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        resize = test_resize(cfg)
         return cls(model, SliceSettings.from_config(cfg), resize)
 
     def forward(self, batched_inputs: List[Dict]) -> List[Dict[str, Instances]]:

@@ -40,7 +40,7 @@ def _area(boxes: np.ndarray) -> np.ndarray:
 
 
 def _intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return _area(np.concatenate([np.maximum(a[:, :2], b[:, :2]), np.minimum(a[:, 2:], b[:, 2:])], axis=1))
+    return _area(_clipped(a, b))
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -98,8 +98,7 @@ def _agreement(b: np.ndarray, seen_by: np.ndarray, cut: np.ndarray, j: np.ndarra
     of it: a cut view against the other box clipped to the cut view's window; two cut views,
     both clipped to the area their windows share. Symmetric in j and k.
     """
-    shared = np.concatenate([np.maximum(seen_by[j, :2], seen_by[k, :2]),
-                             np.minimum(seen_by[j, 2:], seen_by[k, 2:])], axis=1)
+    shared = _clipped(seen_by[j], seen_by[k])
     area = np.where((cut[j] & cut[k])[:, None], shared, np.where(cut[j][:, None], seen_by[j], seen_by[k]))
     return _iou(_clipped(b[j], area), _clipped(b[k], area))
 

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
+from ..config import test_resize
 from .inference import SliceSettings, read_large_image, sliced_inference
 
 __all__ = ["SlicedPredictor"]
@@ -34,7 +34,7 @@ class SlicedPredictor:
             DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
         self.model = model.eval()
         self.settings = SliceSettings.from_config(cfg)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        self.resize = test_resize(cfg)
         self.input_format = cfg.INPUT.FORMAT
         assert self.input_format in ["RGB", "BGR"], self.input_format
 
