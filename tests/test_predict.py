@@ -26,7 +26,7 @@ from retina_plugin.prediction.command_line import default_num_workers, main as p
 from retina_plugin.prediction.runner import shard_items
 from retina_plugin.prediction.output_folder import PredictionFolderError
 from retina_plugin.prediction.shards import ShardWriter, finished_keys, remove_orphan_chunks
-from retina_plugin.utils.detection_sets import detection_differences
+from retina_plugin.utils.detection_sets import coco_results_by_image, detection_differences
 
 from .conftest import REPO_ROOT, TINY_CONFIG, TRAINED_TINY_OPTS
 
@@ -124,15 +124,23 @@ def test_dataset_input_gives_coco_results_that_score_like_coco_evaluator(trained
     output = tmp_path / "dataset"
     predict_main(["--config-file", str(TINY_CONFIG), "--input", "tiny_shapes_val", "--output", str(output),
                   "--num-workers", "0", *_opts(trained_tiny)])
+    model = build_model(cfg).eval()
+    DetectionCheckpointer(model).load(weights)
+    expected = evaluate_ap(model, cfg, "tiny_shapes_val", str(tmp_path / "eval"))["AP"]
+    # The same detections as COCOEvaluator's, image by image (boxes rounded to 0.01 px in the file).
+    # predict.py runs images in batches, the evaluator one by one: near-tied scores may rank in
+    # another order, so the AP agrees only to within a small margin.
+    predicted = coco_results_by_image(str(output / "coco_results.json"))
+    evaluated = coco_results_by_image(str(tmp_path / "eval" / "coco_instances_results.json"))
+    assert predicted.keys() == evaluated.keys() and len(predicted) > 0
+    for image_id, detections in evaluated.items():
+        assert detection_differences(detections, predicted[image_id], atol=0.01) == [], image_id
     gt = COCO(MetadataCatalog.get("tiny_shapes_val").json_file)
     evaluation = COCOeval(gt, gt.loadRes(str(output / "coco_results.json")), "bbox")
     evaluation.evaluate()
     evaluation.accumulate()
     evaluation.summarize()
-    model = build_model(cfg).eval()
-    DetectionCheckpointer(model).load(weights)
-    expected = evaluate_ap(model, cfg, "tiny_shapes_val", str(tmp_path / "eval"))["AP"]
-    assert evaluation.stats[0] * 100 == pytest.approx(expected, abs=0.05)
+    assert evaluation.stats[0] * 100 == pytest.approx(expected, abs=0.3)
     ids = [r["image_id"] for r in _records(output)]
     assert ids == [d["image_id"] for d in DatasetCatalog.get("tiny_shapes_val")]
 

@@ -3,14 +3,15 @@ Comparing two sets of detections. Near-tied scores may leave a top-k or NMS in a
 after any change of arithmetic (a folded norm, an engine, another batch), so detections are
 matched as sets, never by position.
 """
+import json
 from typing import Dict, List, Union
 
 import torch
 from torch import Tensor
 
-from detectron2.structures import Instances
+from detectron2.structures import BoxMode, Instances
 
-__all__ = ["Detections", "as_detections", "detection_differences", "same_detections"]
+__all__ = ["Detections", "as_detections", "coco_results_by_image", "detection_differences", "same_detections"]
 
 # {"boxes": (M, 4) XYXY, "scores": (M,), "classes": (M,)}
 Detections = Dict[str, Tensor]
@@ -25,6 +26,27 @@ def as_detections(detections: Union[Instances, Detections]) -> Detections:
             "classes": detections.pred_classes,
         }
     return {k: detections[k].detach().to("cpu") for k in ("boxes", "scores", "classes")}
+
+
+def coco_results_by_image(path: str) -> Dict[int, Detections]:
+    """
+    {image_id: detections} of a COCO results file (COCOEvaluator's coco_instances_results.json,
+    predict.py's coco_results.json); boxes XYXY, classes as the file's category ids.
+    """
+    with open(path) as f:
+        results = json.load(f)
+    grouped: Dict[int, list] = {}
+    for r in results:
+        grouped.setdefault(r["image_id"], []).append(r)
+    return {
+        image_id: {
+            "boxes": BoxMode.convert(torch.tensor([r["bbox"] for r in rs], dtype=torch.float64),
+                                     BoxMode.XYWH_ABS, BoxMode.XYXY_ABS),
+            "scores": torch.tensor([r["score"] for r in rs], dtype=torch.float64),
+            "classes": torch.tensor([r["category_id"] for r in rs]),
+        }
+        for image_id, rs in grouped.items()
+    }
 
 
 def detection_differences(
