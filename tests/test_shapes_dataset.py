@@ -20,6 +20,8 @@ from retina_plugin.data.shapes import (
     generate_shapes_split,
 )
 
+from .conftest import CONFIGS
+
 
 def read_split(folder):
     with open(os.path.join(folder, "annotations.json")) as f:
@@ -105,3 +107,52 @@ def test_split_made_with_other_settings_is_redrawn(tmp_path):
     assert len(json.load(open(json_file))["images"]) == 5
     assert len([f for f in os.listdir(tmp_path / "val") if f.endswith(".png")]) == 5
     assert os.listdir(tmp_path) == ["val"]  # no temporary folders left behind
+
+
+def _aspects(data):
+    """Long side / short side and whether the box lies along x, per box."""
+    sides = np.array([a["bbox"][2:] for a in data["annotations"]])
+    return sides.max(1) / sides.min(1), sides[:, 0] > sides[:, 1]
+
+
+def test_elongated_shapes_are_thin_both_ways_and_plain_ones_are_not(tmp_path, sample_split):
+    generate_shapes_split(str(tmp_path / "thin"), 30, seed=0, object_size=(24, 64), elongation=(4, 8))
+    data, images = read_split(tmp_path / "thin")
+    assert data["info"]["elongation"] == [4, 8] and len(data["annotations"]) > 100
+    aspects, along_x = _aspects(data)
+    # A squeezed shape's box keeps its drawn ratio up to the shape's own outline (a triangle is
+    # not as wide as it is tall): between 3 and 10 here, 1:2 anchors fit none.
+    assert aspects.min() > 3 and aspects.max() < 10 and 4 < np.median(aspects) < 8
+    assert 0.3 < along_x.mean() < 0.7  # lying along x and along y
+    plain_aspects, _ = _aspects(sample_split[0])
+    assert plain_aspects.max() < 1.6 and "elongation" not in sample_split[0]["info"]
+    # The default draws what retina_shapes always drew: elongation (1, 1) takes no extra random draws.
+    generate_shapes_split(str(tmp_path / "plain"), 3, seed=0, elongation=(1, 1))
+    generate_shapes_split(str(tmp_path / "default"), 3, seed=0)
+    (plain, plain_images), (default, default_images) = read_split(tmp_path / "plain"), read_split(tmp_path / "default")
+    assert plain == default and all(np.array_equal(x, y) for x, y in zip(plain_images, default_images))
+    with pytest.raises(ValueError, match=r"elongation \(0.5, 2\)"):
+        generate_shapes_split(str(tmp_path / "bad"), 1, seed=0, elongation=(0.5, 2))
+
+
+def test_out_of_anchor_shapes_are_drawn_once_redrawn_when_their_settings_change_and_registered(
+        tmp_path, monkeypatch):
+    from retina_plugin.config import load_config
+    from retina_plugin.data import register_datasets_from_config
+    from retina_plugin.experiments import fitted_anchors
+
+    monkeypatch.setattr(fitted_anchors, "SHAPES_VARIANT_SPLITS", {"train": (4, 1), "val": (2, 2)})
+    root = str(tmp_path / "thin")
+    opts = fitted_anchors.shapes_variant_opts(root, "test_thin_shapes", (24, 64), (4, 8))
+    train_json = os.path.join(root, "train", "annotations.json")
+    drawn_at = os.path.getmtime(train_json)
+    assert fitted_anchors.shapes_variant_opts(root, "test_thin_shapes", (24, 64), (4, 8)) == opts
+    assert os.path.getmtime(train_json) == drawn_at  # the same settings: kept
+    cfg = load_config(str(CONFIGS / "demo_R18_cpu.yaml"), opts)
+    register_datasets_from_config(cfg)
+    assert cfg.DATASETS.TRAIN == ("test_thin_shapes_train",) and cfg.DATASETS.TEST == ("test_thin_shapes_val",)
+    assert [len(DatasetCatalog.get(f"test_thin_shapes_{s}")) for s in ("train", "val")] == [4, 2]
+    assert min(_aspects(json.load(open(train_json)))[0]) > 3
+    fitted_anchors.shapes_variant_opts(root, "test_thin_shapes", (24, 64), (2, 3))  # other settings: redrawn
+    redrawn = json.load(open(train_json))
+    assert redrawn["info"]["elongation"] == [2, 3] and max(_aspects(redrawn)[0]) < 4

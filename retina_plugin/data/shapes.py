@@ -40,6 +40,8 @@ SHAPES_IMAGE_SIZE = 256
 # Object sizes (longest side of the box) in pixels, and objects per image.
 SHAPES_OBJECT_SIZE = (14, 48)
 SHAPES_OBJECTS_PER_IMAGE = (6, 16)
+# Long side / short side of the shapes: (1, 1) draws them round or square, as retina_shapes has them.
+SHAPES_ELONGATION = (1.0, 1.0)
 
 
 def shapes_root() -> str:
@@ -104,11 +106,13 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     return inter / (_box_area(box) + _box_area(boxes) - inter)
 
 
-def _draw_image(rng: np.random.Generator, size: int,
-                object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE) -> Tuple[np.ndarray, List[Dict]]:
+def _draw_image(rng: np.random.Generator, size: int, object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE,
+                elongation: Tuple[float, float] = SHAPES_ELONGATION) -> Tuple[np.ndarray, List[Dict]]:
     """
     Returns a BGR uint8 image and its objects as {"bbox": [x0, y0, x1, y1], "category_id"},
-    each object's side drawn uniformly in ``object_size`` (px).
+    each object's side drawn uniformly in ``object_size`` (px). With ``elongation`` other than
+    (1, 1), each shape is squeezed across, horizontally or vertically at random, to a long side
+    ``elongation`` times its short one (drawn uniformly in that range).
     """
     image = _background(rng, size)
     boxes, objects = np.zeros((0, 4)), []
@@ -120,6 +124,10 @@ def _draw_image(rng: np.random.Generator, size: int,
         shape_size = rng.uniform(*object_size)
         center = rng.uniform(shape_size / 2, size - shape_size / 2, size=2)
         polygon = _shape_polygon(rng, SHAPES_CLASS_NAMES[class_id], center, shape_size)
+        if tuple(elongation) != SHAPES_ELONGATION:
+            # No extra draws for the plain shapes: retina_shapes stays the same images for one seed.
+            across = int(rng.integers(2))
+            polygon[:, across] = center[across] + (polygon[:, across] - center[across]) / rng.uniform(*elongation)
         box = np.concatenate([polygon.min(0), polygon.max(0)])
         if (_box_iou(box, boxes) > 0.1).any():
             continue
@@ -136,18 +144,22 @@ def _draw_image(rng: np.random.Generator, size: int,
 
 
 def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_size: int = SHAPES_IMAGE_SIZE,
-                          object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE) -> str:
+                          object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE,
+                          elongation: Tuple[float, float] = SHAPES_ELONGATION) -> str:
     """
     Draw ``num_images`` images into ``output_dir`` and write ``output_dir/annotations.json``
     (COCO format, category ids 1..4). Deterministic in ``seed``. ``object_size``: the range of
     the objects' sides (px), e.g. (6, 12) for objects under the CPU configs' smallest anchor.
-    Returns the json path.
+    ``elongation``: the range of long side / short side, e.g. (4, 8) for thin objects that no
+    anchor of ratio 1:2 fits. Returns the json path.
     """
+    if not 1 <= elongation[0] <= elongation[1]:
+        raise ValueError(f"elongation {tuple(elongation)}: needs 1 <= low <= high")
     os.makedirs(output_dir, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng([seed, image_id])
-        image, objects = _draw_image(rng, image_size, object_size)
+        image, objects = _draw_image(rng, image_size, object_size, elongation)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(output_dir, file_name), image)
         images.append(
@@ -170,7 +182,8 @@ def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_siz
         json.dump(
             {
                 "info": {"num_images": num_images, "seed": seed, "image_size": image_size,
-                         **({"object_size": list(object_size)} if tuple(object_size) != SHAPES_OBJECT_SIZE else {})},
+                         **({"object_size": list(object_size)} if tuple(object_size) != SHAPES_OBJECT_SIZE else {}),
+                         **({"elongation": list(elongation)} if tuple(elongation) != SHAPES_ELONGATION else {})},
                 "images": images,
                 "annotations": annotations,
                 "categories": [
