@@ -99,12 +99,23 @@ def add_retina_config(cfg):
     _C.SOLVER.OPTIMIZER = "SGD"
     # AdamW's (beta1, beta2).
     _C.SOLVER.ADAMW_BETAS = (0.9, 0.999)
+    # With SOLVER.AMP.ENABLED (detectron2's key), the autocast dtype, on CPU and GPU
+    # (retina_plugin/training/mixed_precision.py): "bfloat16" (no grad scaler), "float16" (GPU
+    # only, with detectron2's grad scaler), or "auto": bfloat16 on a CPU with AMX or AVX512-BF16
+    # and on a GPU that supports it, float16 on older GPUs, float32 on a CPU where bfloat16
+    # would be emulated. The losses stay float32. The choice is named in log.txt.
+    _C.SOLVER.AMP.PRECISION = "auto"
 
     # Inference fast path (eval mode, no autograd: DefaultPredictor, --eval-only, demo.py): a
     # copy of the backbone and head with FrozenBN / eval-mode BN folded into the preceding
     # convs, in channels_last memory format, rebuilt whenever a weight changes. Same
     # detections; False runs the reference path (detectron2's modules as they are).
     _C.MODEL.FOCAL_RETINANET.FAST_INFERENCE = True
+    # The fast path's dtype: "float32", or "bfloat16" (weights and activations; on CPUs with AMX
+    # or AVX512-BF16, or GPUs; elsewhere emulated and slower). Not the same detections as float32:
+    # compare AP. Decoding, scores and NMS stay float32; the reference path (FAST_INFERENCE
+    # False, or while the fast path stands aside) always runs float32.
+    _C.MODEL.FOCAL_RETINANET.INFERENCE_DTYPE = "float32"
 
     # Online hard example mining, used when CLASSIFICATION_LOSS is "OHEMLoss".
     _C.MODEL.FOCAL_RETINANET.OHEM = CN()

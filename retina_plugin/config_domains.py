@@ -15,6 +15,7 @@ from typing import Callable, Dict, List, Tuple
 from .config import config_value
 
 __all__ = [
+    "AMP_PRECISIONS",
     "DOMAINS",
     "EXTRA_AUGMENTATION_NAMES",
     "TRAINING_PREFIXES",
@@ -46,6 +47,10 @@ def _sizes_per_level(v) -> bool:
 
 # INPUT.EXTRA_AUGMENTATIONS: what retina_plugin.data.augmentation builds.
 EXTRA_AUGMENTATION_NAMES = ("VerticalFlip", "Rotate90", "ColorJitter")
+
+
+# SOLVER.AMP.PRECISION: what retina_plugin.training.mixed_precision resolves.
+AMP_PRECISIONS = ("auto", "bfloat16", "float16")
 
 
 # key -> (does this value belong to the domain, the domain in words)
@@ -81,11 +86,13 @@ DOMAINS: Dict[str, Tuple[Callable, str]] = {
         lambda v: _number(v) and 0 <= v < 1, "a momentum in [0, 1)"),
     "MODEL.FOCAL_RETINANET.ATSS_TOPK": _integer(1),
     "MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE": _one_of("res5", "p5"),
+    "MODEL.FOCAL_RETINANET.INFERENCE_DTYPE": _one_of("float32", "bfloat16"),
     "MODEL.FOCAL_RETINANET.OHEM.BATCH_SIZE_PER_IMAGE": _integer(1),
     "MODEL.FOCAL_RETINANET.OHEM.NEG_POS_RATIO": (lambda v: _number(v), "a number (<= 0: no ratio)"),
     "MODEL.FOCAL_RETINANET.OHEM.NMS_THRESH": (lambda v: _number(v), "an IoU (<= 0 or >= 1: no NMS)"),
     # --------------------------------------------------------------- training
     "SOLVER.OPTIMIZER": _one_of("SGD", "AdamW"),
+    "SOLVER.AMP.PRECISION": _one_of(*AMP_PRECISIONS),
     "SOLVER.ADAMW_BETAS": (lambda v: len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
                            "two betas in [0, 1)"),
     "SOLVER.BASE_LR": (lambda v: _number(v) and v > 0, "a learning rate > 0"),

@@ -290,3 +290,37 @@ def test_speed_accuracy_curve_over_test_sizes(eager, fp32_engines, tmp_path):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("time per image (ms)", "COCO box AP")
     assert sorted(t.get_text() for t in ax.texts) == sorted(["96", "160", "288", "96", "160"])  # sizes labelled
     assert cv2.imread(str(tmp_path / "curve.png")) is not None
+
+
+def test_openvino_bf16_runs_only_where_the_cpu_has_bf16_and_loses_a_bounded_ap(eager, fp32_engines, trained_tiny,
+                                                                               tmp_path, monkeypatch):
+    _require("openvino")
+    import shutil
+
+    from retina_plugin.deploy import build as build_module
+    from retina_plugin.utils.cpu_features import native_bfloat16_flags
+
+    cfg, model = eager
+    # A CPU without bf16 units: refused before anything is built, naming the flags.
+    monkeypatch.setattr(build_module, "native_bfloat16_flags", lambda: [])
+    with pytest.raises(EngineError, match="a bf16 engine needs a CPU with amx_bf16 or avx512_bf16"):
+        build_engine(model, cfg, str(tmp_path / "refused"), "openvino", "bf16")
+    assert not (tmp_path / "refused" / "engine.json").exists()
+    monkeypatch.undo()
+    # An engine made on a bf16 CPU and moved here: the same OpenVINO model, run at bf16.
+    moved = tmp_path / "moved"
+    shutil.copytree(fp32_engines["openvino"], moved)
+    metadata = json.loads((moved / "engine.json").read_text())
+    (moved / "engine.json").write_text(json.dumps(dict(metadata, precision="bf16")))
+    if not native_bfloat16_flags():
+        # OpenVINO would fall back to f32 without a word: the engine refuses instead.
+        with pytest.raises(EngineError, match="a bf16 engine, and OpenVINO would run it in f32 here"):
+            load_engine(str(moved))
+        return
+    assert load_engine(str(moved)).precision == "bf16"
+    cfg, weights = trained_tiny
+    output = tmp_path / "bf16"
+    export_main(["--config-file", str(TINY_CONFIG), "--format", "openvino", "--precision", "bf16",
+                 "--output", str(output), *TRAINED_TINY_OPTS, "MODEL.WEIGHTS", weights])
+    verification = json.loads((output / "engine.json").read_text())["verification"]
+    assert verification["passed"] and verification["eager"]["AP"] > 5 and verification["ap_drop"] <= 1.0

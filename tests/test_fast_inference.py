@@ -342,3 +342,40 @@ def test_config_key_and_default_predictor():
     assert predictor.model.fast_inference
     predictor((torch.rand(128, 128, 3) * 255).byte().numpy())
     assert predictor.model.inference_copy is not None
+
+
+def test_bfloat16_fast_path_scores_like_float32_and_follows_its_key(trained_tiny, tmp_path):
+    from retina_plugin.deploy.verification import evaluate_ap
+
+    cfg, weights = trained_tiny
+    models = {}
+    for dtype in ("float32", "bfloat16"):
+        dtype_cfg = cfg.clone()
+        dtype_cfg.MODEL.FOCAL_RETINANET.INFERENCE_DTYPE = dtype
+        models[dtype] = build_model(dtype_cfg).eval()
+        DetectionCheckpointer(models[dtype]).load(weights)
+    model = models["bfloat16"]
+    ap = {dtype: evaluate_ap(m, cfg, "tiny_shapes_val", str(tmp_path / dtype))["AP"] for dtype, m in models.items()}
+    assert ap["float32"] > 5 and abs(ap["bfloat16"] - ap["float32"]) < 1.0, ap
+    copy = model.inference_copy
+    assert copy.dtype == torch.bfloat16 and all(p.dtype == torch.bfloat16 for p in copy.head.parameters())
+    inputs = _images(seed=3)
+    images = model.preprocess_image(inputs).tensor
+    with torch.no_grad():
+        features, predictions = model.features_and_predictions(images)
+    # What decoding, scores and NMS get is float32 again.
+    assert {t.dtype for t in features + predictions[0] + predictions[1]} == {torch.float32}
+    float32 = _detect(models["float32"], inputs, fast=True)
+    bfloat16 = _detect(model, inputs, fast=True)
+    assert any(detection_differences(a, b) for a, b in zip(float32, bfloat16))  # bfloat16 really ran
+    # Back to float32 on the same model: the bfloat16 copy must not answer.
+    model.inference_dtype = "float32"
+    for a, b in zip(float32, _detect(model, inputs, fast=True)):
+        assert not detection_differences(a, b)
+    assert model.inference_copy.dtype is None and next(model.inference_copy.head.parameters()).dtype == torch.float32
+    # The reference path is float32 whatever the key says.
+    model.inference_dtype = "bfloat16"
+    for a, b in zip(float32, _detect(model, inputs, fast=False)):
+        assert not detection_differences(a, b, atol=1e-2)
+    with pytest.raises(ValueError, match="MODEL.FOCAL_RETINANET.INFERENCE_DTYPE"):
+        build_model(load_cfg(opts=["MODEL.FOCAL_RETINANET.INFERENCE_DTYPE", "float16"]))

@@ -68,3 +68,24 @@ def test_benchmark_models_share_weights_and_give_the_same_detections():
     before = fast.head.cls_score.weight.detach().clone()
     step()
     assert not torch.equal(before, fast.head.cls_score.weight)
+
+
+def test_precision_rows_run_each_dtype_on_one_models_weights():
+    cfg = load_cfg(TINY_CONFIG, ["MODEL.ANCHOR_GENERATOR.SIZES", "[[32], [64], [128], [256], [512]]"])
+    runs = speed_benchmark.precision_runners(cfg, (64, 96), ["float32", "bfloat16"])
+    assert list(runs) == ["float32 inference", "float32 train", "bfloat16 inference", "bfloat16 train"]
+    float32, bfloat16 = (runs[f"{p} inference"]()[0]["instances"] for p in ("float32", "bfloat16"))
+    assert len(float32) > 0 and bfloat16.scores.dtype == torch.float32  # post-processing stays float32
+    assert not same_detections(float32, bfloat16)  # the fast path's copy ran in bfloat16
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.append(output.dtype) if isinstance(module, torch.nn.Conv2d) else None)
+    try:
+        convs = {}
+        for precision in ("float32", "bfloat16"):
+            seen.clear()
+            runs[f"{precision} train"]()
+            convs[precision] = set(seen)
+    finally:
+        handle.remove()
+    assert convs == {"float32": {torch.float32}, "bfloat16": {torch.bfloat16}}  # the training step's autocast

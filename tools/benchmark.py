@@ -20,6 +20,12 @@ training steps under float16 autocast (detectron2's AMPTrainer does the same).
     python tools/benchmark.py --device cuda --size 800 1216 --repeats 50 --train-repeats 20
     python tools/benchmark.py --device cuda --amp --size 800 1216 --repeats 50 --train-repeats 20
 
+``--precisions float32 bfloat16`` times only FocalRetinaNet's fast path in each dtype, rows
+interleaved: inference with the folded copy in that dtype (MODEL.FOCAL_RETINANET.INFERENCE_DTYPE)
+and training steps under that autocast (SOLVER.AMP); ``--json`` writes them under "precisions".
+
+    python tools/benchmark.py --config-file configs/demo_R18_cpu.yaml --size 256 256 --precisions float32 bfloat16
+
 ``--engines`` (or ``--engines-only``) adds the deployment engines this machine runs (ONNX
 Runtime and OpenVINO on the CPU, TensorRT with ``--device cuda``), built from the same model,
 against eager mode: ms/img at batch 1, img/s at ``--throughput-batch``, peak memory, and with
@@ -54,6 +60,7 @@ from retina_plugin.experiments.speed_benchmark import (
     loss_runners,
     make_inputs,
     model_gflops,
+    precision_runners,
     runner,
 )
 from retina_plugin.utils.detection_sets import same_detections
@@ -70,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--no-model-memory", action="store_true", help="skip the models' peak-memory subprocesses (8 of them)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--amp", action="store_true", help="float16 autocast for models and training steps (cuda)")
+    parser.add_argument("--precisions", nargs="+", choices=["float32", "bfloat16", "float16"], metavar="DTYPE",
+                        help="only FocalRetinaNet's fast path in each of these dtypes, rows interleaved: inference "
+                        "(INFERENCE_DTYPE) and training steps (SOLVER.AMP autocast); float16 needs --device cuda")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--inference-only", action="store_true", help="skip the training steps and the focal losses")
     parser.add_argument("--engines", action="store_true",
@@ -219,6 +229,13 @@ def main(argv=None):
     for flag in ("--engines", "--engines-only"):
         if flag in memory_argv:
             memory_argv.remove(flag)
+    if args.precisions:
+        figures = precisions_section(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"size": list(args.size), "config": args.config_file, "allocator": allocator_setting(),
+                           "precisions": figures}, f, indent=2)
+        return None
     if args.engines_only:
         engines, eager = engines_section(args, memory_argv)
         if args.json:
@@ -233,6 +250,7 @@ def main(argv=None):
     inputs = make_inputs(size, 2, cfg.MODEL.RETINANET.NUM_CLASSES)
 
     device, amp = args.device, args.amp
+    amp_dtype = torch.float16 if amp else None
     cuda = torch.device(device).type == "cuda"
     warmup = 3 if cuda else 1  # cuDNN picks its algorithms in the first calls
 
@@ -245,13 +263,13 @@ def main(argv=None):
 
     log("timing inference")
     inference, inference_faults = time_interleaved(
-        {n: runner(n, m, inputs, "inference", amp) for n, m in models.items()}, args.repeats, device, warmup
+        {n: runner(n, m, inputs, "inference", amp_dtype) for n, m in models.items()}, args.repeats, device, warmup
     )
     train, losses, loss_runs = {n: [float("nan")] for n in models}, {n: [float("nan")] for n in LOSSES}, {}
     if not args.inference_only:
         log("timing training steps")
         train, _ = time_interleaved(
-            {n: runner(n, m, inputs, "train", amp) for n, m in models.items()}, args.train_repeats, device, warmup
+            {n: runner(n, m, inputs, "train", amp_dtype) for n, m in models.items()}, args.train_repeats, device, warmup
         )
         log("timing focal losses")
         loss_runs = loss_runners(args.loss_anchors, device=device)
@@ -262,7 +280,7 @@ def main(argv=None):
         if not args.no_model_memory:
             for name in MODELS:
                 memory[name] = {
-                    kind: cuda_peak_mb(runner(name, models[name], inputs, kind, amp)) for kind in ("inference", "train")
+                    kind: cuda_peak_mb(runner(name, models[name], inputs, kind, amp_dtype)) for kind in ("inference", "train")
                 }
         for name, run in loss_runs.items():
             memory[name] = cuda_peak_mb(run)
@@ -276,7 +294,7 @@ def main(argv=None):
             memory[name] = peak_mb(memory_argv, "loss", name)
 
     log("conv throughput and model FLOPs")
-    conv_rate = conv_gflops_per_s(device=device, amp=amp)
+    conv_rate = conv_gflops_per_s(device=device, autocast_dtype=amp_dtype)
     gflops = model_gflops(models[MODELS[1]], size)
     floor_ms = gflops / conv_rate * 1000
     median = {n: statistics.median(t) for n, t in inference.items()}
@@ -314,6 +332,38 @@ def main(argv=None):
     if args.json:
         write_figures(args, size, where, amp, median, inference, inference_faults, train_median, memory,
                       loss_median, equal_reference, equal_detectron2, conv_rate, gflops, floor_ms, engines)
+
+
+def precisions_section(args):
+    """FocalRetinaNet's fast path in each of ``--precisions``, rows interleaved; returns the figures."""
+    from retina_plugin.utils.cpu_features import native_bfloat16_flags
+
+    cfg = load_cfg(args)
+    device = args.device
+    cuda = torch.device(device).type == "cuda"
+    runs = precision_runners(cfg, tuple(args.size), args.precisions, device)
+    log("timing each precision")
+    inference, _ = time_interleaved({k: v for k, v in runs.items() if k.endswith("inference")}, args.repeats,
+                                    device, 3 if cuda else 1)
+    train, _ = time_interleaved({k: v for k, v in runs.items() if k.endswith("train")}, args.train_repeats,
+                                device, 3 if cuda else 1)
+    where = torch.cuda.get_device_name() if cuda else (
+        f"CPU threads {torch.get_num_threads()}, native bfloat16: {', '.join(native_bfloat16_flags()) or 'none'}")
+    print(f"\n{args.config_file}, {args.size[0]}x{args.size[1]}, {where}, FocalRetinaNet fast path, inference batch 1 "
+          f"({args.repeats} runs), training step batch 2 ({args.train_repeats} runs), precisions interleaved\n")
+    print("| precision | inference median ms | vs float32 | train step ms | vs float32 |")
+    print("|---|---|---|---|---|")
+    figures = {}
+    for precision in args.precisions:
+        figures[precision] = {"inference_ms": statistics.median(inference[f"{precision} inference"]),
+                              "train_step_ms": statistics.median(train[f"{precision} train"])}
+    reference = figures.get("float32")
+    for precision, row in figures.items():
+        ratio = {k: row[k] / reference[k] if reference else float("nan") for k in row}
+        row.update({f"{k[:-3]}_vs_float32": v for k, v in ratio.items()})
+        print(f"| {precision} | {row['inference_ms']:.1f} | {ratio['inference_ms']:.2f}x | "
+              f"{row['train_step_ms']:.1f} | {ratio['train_step_ms']:.2f}x |")
+    return figures
 
 
 def print_losses(args, loss_median, memory):

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import config_value
+from ..utils.cpu_features import NATIVE_BFLOAT16_CPU_FLAGS, native_bfloat16_flags
 from .engines import (
     ENGINE_FILE,
     SUPPORTED,
@@ -236,6 +237,9 @@ def build_engine(
     version = backend_version(backend)
     if version is None:
         raise EngineError(f"{backend} is not installed (pip install -e .[deploy], or tensorrt on a CUDA machine)")
+    if precision == "bf16" and not native_bfloat16_flags():
+        raise EngineError(f"a bf16 engine needs a CPU with {' or '.join(NATIVE_BFLOAT16_CPU_FLAGS)} (this one has "
+                          "neither: OpenVINO would run it in f32); build fp32, fp16 or int8 here")
     batches = [b.detach().cpu().float().numpy() for b in (calibration or [])]
     if precision == "int8" and not batches:
         raise EngineError("an int8 engine needs calibration images (--calibration-dataset)")

@@ -1,6 +1,6 @@
 """
 Deployment engines: the backbone and head of a FocalRetinaNet compiled by ONNX Runtime, OpenVINO
-or TensorRT, in fp32, fp16 or int8.
+or TensorRT, in fp32, fp16, bf16 (OpenVINO) or int8.
 
 An engine computes only the dense network: a normalized, padded batch (N, 3, H, W) to the
 per-level class logits and box deltas. Pre-processing (resize, normalization, padding) and
@@ -28,6 +28,8 @@ from torch import Tensor
 
 from detectron2.utils.logger import log_first_n
 
+from ..utils.cpu_features import NATIVE_BFLOAT16_CPU_FLAGS
+
 __all__ = [
     "ENGINE_FILE",
     "BACKENDS",
@@ -45,11 +47,12 @@ __all__ = [
 
 ENGINE_FILE = "engine.json"
 BACKENDS = ("onnxruntime", "openvino", "tensorrt")
-PRECISIONS = ("fp32", "fp16", "int8")
-# backend -> precisions it builds (fp16 on ONNX Runtime's CPU provider has no fast kernels).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+# backend -> precisions it builds (fp16 on ONNX Runtime's CPU provider has no fast kernels;
+# OpenVINO's bf16 is its fp32 model run at bf16 precision, on CPUs with AMX or AVX512-BF16).
 SUPPORTED = {
     "onnxruntime": ("fp32", "int8"),
-    "openvino": ("fp32", "fp16", "int8"),
+    "openvino": ("fp32", "fp16", "bf16", "int8"),
     "tensorrt": ("fp32", "fp16", "int8"),
 }
 # backend -> the Python package that runs it
@@ -222,7 +225,7 @@ class OnnxRuntimeEngine(InferenceEngine):
 
 
 class OpenVINOEngine(InferenceEngine):
-    """OpenVINO on the CPU, at the engine's precision (f32, f16 or an int8 model)."""
+    """OpenVINO on the CPU, at the engine's precision (f32, f16, bf16 or an int8 model)."""
 
     def __init__(self, directory: str, metadata: Dict, threads: Optional[int] = None):
         super().__init__(directory, metadata)
@@ -233,13 +236,20 @@ class OpenVINOEngine(InferenceEngine):
             "PERFORMANCE_HINT": "LATENCY",
             "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(),
             # OpenVINO runs fp32 models in bf16 on CPUs with AMX unless told otherwise.
-            "INFERENCE_PRECISION_HINT": "f16" if self.precision == "fp16" else "f32",
+            "INFERENCE_PRECISION_HINT": {"fp16": "f16", "bf16": "bf16"}.get(self.precision, "f32"),
             # Pinned OpenVINO threads slowed the torch work of the same process (pre- and
             # post-processing, an eager model beside the engine) by up to 8x.
             "ENABLE_CPU_PINNING": False,
         }
         model = core.read_model(os.path.join(directory, metadata["file"]))
         self.compiled = core.compile_model(model, "CPU", config)
+        runs_in = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if self.precision == "bf16" and runs_in != openvino.Type.bf16:
+            # OpenVINO falls back to f32 without a word where the CPU has no bf16 units.
+            raise EngineError(
+                f"{directory}: a bf16 engine, and OpenVINO would run it in {runs_in.get_type_name()} "
+                f"here: this CPU has no "
+                f"{' or '.join(NATIVE_BFLOAT16_CPU_FLAGS)} flag. Use an fp32 or int8 engine on this machine")
         self.request = self.compiled.create_infer_request()
         self.output_names = _output_names(metadata)
 

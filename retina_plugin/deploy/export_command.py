@@ -6,10 +6,10 @@ what was written against eager mode before reporting success.
   detections out, NMS inside; :mod:`retina_plugin.deploy.export`), checked for the same
   detections at the sample image's size and at other sizes.
 - ``--format onnx`` / ``openvino`` / ``tensorrt``: an engine folder
-  (:mod:`retina_plugin.deploy.engines`) at ``--precision fp32|fp16|int8``; int8 is calibrated
-  on ``--calibration-images`` images of ``--calibration-dataset``. An fp32 engine must give
-  the eager model's detections (as sets) on real images, alone and in batches; fp16 and int8
-  engines are scored by COCOEvaluator on evaluation images that calibration did not use, and
+  (:mod:`retina_plugin.deploy.engines`) at ``--precision fp32|fp16|bf16|int8`` (bf16: OpenVINO
+  on a CPU with AMX or AVX512-BF16); int8 is calibrated on ``--calibration-images`` images of
+  ``--calibration-dataset``. An fp32 engine must give the eager model's detections (as sets) on
+  real images, alone and in batches; fp16, bf16 and int8 engines are scored by COCOEvaluator on evaluation images that calibration did not use, and
   refused (non-zero exit, and an engine that will not load) when they lose more than
   ``--max-ap-drop`` AP.
 - ``--verify ENGINE``: the same check again, here, for an engine made elsewhere or with another
@@ -67,9 +67,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--evaluation-dataset", metavar="NAME",
                         help="engines: dataset of the check against eager mode (default: the first of DATASETS.TEST)")
     parser.add_argument("--evaluation-images", type=int, default=0, metavar="N",
-                        help="fp16/int8: score on at most N held-out images (0: all)")
+                        help="fp16/bf16/int8: score on at most N held-out images (0: all)")
     parser.add_argument("--max-ap-drop", type=float, default=None,
-                        help=f"fp16/int8: the most AP the engine may lose against eager mode (default "
+                        help=f"fp16/bf16/int8: the most AP the engine may lose against eager mode (default "
                         f"{DEFAULT_MAX_AP_DROP}; with --verify, the engine's own)")
     parser.add_argument("--max-size", type=int, nargs=2, metavar=("H", "W"),
                         help="engines: largest padded input accepted (default: INPUT.MAX_SIZE_TEST squared)")

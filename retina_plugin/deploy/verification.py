@@ -1,6 +1,6 @@
 """
 Checking an engine against eager mode before it is reported as made: an fp32 engine must give
-the eager model's detections (as sets) on real images, alone and in batches; an fp16 or int8
+the eager model's detections (as sets) on real images, alone and in batches; an fp16, bf16 or int8
 engine is scored by COCOEvaluator on images not used for its calibration, beside the eager
 model on the same images, and refused when it loses more than an allowed AP.
 """

@@ -6,6 +6,7 @@ random weights made to look trained, their inference and training-step runners, 
 losses, the machine's 3x3-conv throughput and the models' FLOPs.
 """
 import contextlib
+import copy
 
 import torch
 
@@ -26,6 +27,7 @@ __all__ = [
     "make_inputs",
     "autocast",
     "runner",
+    "precision_runners",
     "loss_runners",
     "conv_gflops_per_s",
     "model_gflops",
@@ -122,13 +124,16 @@ def make_inputs(size, num_images, num_classes, seed=0):
     return inputs
 
 
-def autocast(device, amp):
-    """float16 autocast on ``device`` when ``amp``, else nothing."""
-    return torch.autocast(torch.device(device).type, dtype=torch.float16) if amp else contextlib.nullcontext()
+def autocast(device, dtype=None):
+    """``dtype`` autocast on ``device`` (float16, bfloat16), or nothing when ``dtype`` is None."""
+    return torch.autocast(torch.device(device).type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
-def runner(name, model, inputs, kind, amp=False):
-    """A no-argument callable: one inference (batch 1) or one training step (batch 2)."""
+def runner(name, model, inputs, kind, autocast_dtype=None):
+    """
+    A no-argument callable: one inference (batch 1) or one training step (batch 2), under
+    ``autocast_dtype`` autocast if given (float16 with a grad scaler, as detectron2's AMPTrainer).
+    """
     torchvision = name == MODELS[3]
     device = next(model.parameters()).device
     if torchvision:
@@ -138,7 +143,7 @@ def runner(name, model, inputs, kind, amp=False):
         images = images[:1] if torchvision else inputs[:1]
 
         def run():
-            with torch.no_grad(), autocast(device, amp):
+            with torch.no_grad(), autocast(device, autocast_dtype):
                 return model(images)
 
         return run
@@ -150,10 +155,10 @@ def runner(name, model, inputs, kind, amp=False):
             for x in inputs
         ]
     storage = EventStorage()
-    scaler = torch.amp.GradScaler(device.type) if amp else None
+    scaler = torch.amp.GradScaler(device.type) if autocast_dtype == torch.float16 else None
 
     def step():
-        with storage, autocast(device, amp):
+        with storage, autocast(device, autocast_dtype):
             losses = model(images, targets) if torchvision else model(inputs)
         optimizer.zero_grad()
         loss = sum(losses.values())
@@ -166,6 +171,30 @@ def runner(name, model, inputs, kind, amp=False):
             scaler.update()
 
     return step
+
+
+def precision_runners(cfg, size, precisions, device="cpu"):
+    """
+    {"<precision> inference" / "<precision> train": run} for FocalRetinaNet's fast path, one
+    model's weights in every row: inference with the fast path's copy in that dtype
+    (``inference_dtype``; float16 under autocast, GPU only) and training steps under autocast in
+    it, as :class:`~retina_plugin.training.mixed_precision.MixedPrecisionTrainer` runs them.
+    """
+    base = build_models(cfg, size, [MODELS[0]])[MODELS[0]]
+    inputs = make_inputs(size, 2, cfg.MODEL.RETINANET.NUM_CLASSES)
+    runs = {}
+    for precision in precisions:
+        dtype = getattr(torch, precision)
+        inference_model, train_model = copy.deepcopy(base), copy.deepcopy(base)
+        inference_autocast = None
+        if precision == "bfloat16":
+            inference_model.inference_dtype = "bfloat16"
+        elif precision == "float16":
+            inference_autocast = torch.float16
+        runs[f"{precision} inference"] = runner(MODELS[0], inference_model, inputs, "inference", inference_autocast)
+        runs[f"{precision} train"] = runner(MODELS[0], train_model, inputs, "train",
+                                            None if precision == "float32" else dtype)
+    return runs
 
 
 def loss_runners(num_anchors, num_classes=80, seed=0, device="cpu"):
@@ -196,13 +225,13 @@ def loss_runners(num_anchors, num_classes=80, seed=0, device="cpu"):
     }
 
 
-def conv_gflops_per_s(repeats=5, device="cpu", amp=False):
+def conv_gflops_per_s(repeats=5, device="cpu", autocast_dtype=None):
     """Best 3x3 conv throughput (256 -> 256 channels, 100x152) of NCHW and channels_last."""
     conv = torch.nn.Conv2d(256, 256, 3, padding=1).eval().to(device)
     x = torch.randn(1, 256, 100, 152, device=device)
     flops = 2 * 256 * 256 * 9 * 100 * 152
     best = 0.0
-    with torch.no_grad(), autocast(device, amp):
+    with torch.no_grad(), autocast(device, autocast_dtype):
         for fmt in (torch.contiguous_format, torch.channels_last):
             c, xx = conv.to(memory_format=fmt), x.contiguous(memory_format=fmt)
             ms = median_latency_ms(lambda: c(xx), repeats, device, warmup=3)

@@ -15,7 +15,7 @@ submodule in training mode (batch statistics) or a forward hook on any submodule
 fire, with the module it was registered on).
 """
 import copy
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -58,12 +58,14 @@ def fold_norm_into_conv(conv: NormConv2d) -> bool:
     return True
 
 
-def _folded(module: nn.Module, channels_last: bool) -> nn.Module:
+def _folded(module: nn.Module, channels_last: bool, dtype: Optional[torch.dtype]) -> nn.Module:
     fast = copy.deepcopy(module).eval()
     for submodule in fast.modules():
         if isinstance(submodule, NormConv2d):
-            fold_norm_into_conv(submodule)
+            fold_norm_into_conv(submodule)  # in float32, before any cast
     fast.requires_grad_(False)
+    if dtype is not None:
+        fast.to(dtype)
     if channels_last:
         fast.to(memory_format=torch.channels_last)
     return fast
@@ -93,25 +95,35 @@ class FoldedBackboneAndHead:
     A folded, channels_last copy of a detector's backbone and head, called like the pair:
     ``(images (N, 3, H, W)) -> (features: per level (N, C, Hi, Wi), [logits, deltas])``.
     A plain object, not an ``nn.Module``: the copy is not part of the model's state_dict,
-    parameters, or TorchScript export.
+    parameters, or TorchScript export. With ``dtype`` (bfloat16) the copy's weights and
+    activations are in that dtype, and what it returns is in the input's dtype again, so that
+    decoding, scores and NMS keep float32's precision; None keeps the modules' own dtype.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, head_in_features: List[str],
-                 channels_last: bool = True):
+                 channels_last: bool = True, dtype: Optional[torch.dtype] = None):
         # Recorded before copying: what the copy was folded from.
         self.source_version = WeightsVersion([backbone, head])
-        self.backbone = _folded(backbone, channels_last)
-        self.head = _folded(head, channels_last)
+        self.backbone = _folded(backbone, channels_last, dtype)
+        self.head = _folded(head, channels_last, dtype)
         self.head_in_features = list(head_in_features)
         self.channels_last = channels_last
+        self.dtype = dtype
 
     def is_current(self, backbone: nn.Module, head: nn.Module) -> bool:
         """Whether ``backbone`` and ``head`` still hold the weights this copy was folded from."""
         return self.source_version.matches([backbone, head])
 
     def __call__(self, images: Tensor) -> Tuple[List[Tensor], List[List[Tensor]]]:
+        input_dtype = images.dtype
+        if self.dtype is not None:
+            images = images.to(self.dtype)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         features = self.backbone(images)
         features = [features[f] for f in self.head_in_features]
-        return features, self.head(features)
+        predictions = self.head(features)
+        if self.dtype is not None and self.dtype != input_dtype:
+            features = [f.to(input_dtype) for f in features]
+            predictions = [[p.to(input_dtype) for p in per_level] for per_level in predictions]
+        return features, predictions

@@ -83,6 +83,7 @@ class FocalRetinaNet(DenseDetector):
         pixel_std: Tuple[float, ...],
         input_format: str = "BGR",
         fast_inference: bool = True,
+        inference_dtype: str = "float32",
     ):
         """
         Args:
@@ -108,6 +109,8 @@ class FocalRetinaNet(DenseDetector):
             pixel_mean, pixel_std, input_format: image normalization, see DenseDetector.
             fast_inference: in eval mode, run a copy of the backbone and head with norms
                 folded into convs, in channels_last; same detections (tested as sets).
+            inference_dtype: "float32", or "bfloat16" for a bfloat16 fast path (not the same
+                detections: compare AP); decoding, scores and NMS stay float32.
         """
         super().__init__(
             backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std
@@ -128,6 +131,8 @@ class FocalRetinaNet(DenseDetector):
         self.max_detections_per_image = max_detections_per_image
         self.input_format = input_format
         self.fast_inference = fast_inference
+        check_value("MODEL.FOCAL_RETINANET.INFERENCE_DTYPE", inference_dtype)
+        self.inference_dtype = inference_dtype
         # Derived state, never in the state_dict (plain attributes, not submodules): the
         # folded copy of backbone + head, an attached deployment engine and the weights the
         # model had when it was attached.
@@ -169,6 +174,7 @@ class FocalRetinaNet(DenseDetector):
             "pixel_std": cfg.MODEL.PIXEL_STD,
             "input_format": cfg.INPUT.FORMAT,
             "fast_inference": cfg.MODEL.FOCAL_RETINANET.FAST_INFERENCE,
+            "inference_dtype": cfg.MODEL.FOCAL_RETINANET.INFERENCE_DTYPE,
         }
 
     # ------------------------------------------------------------------ forward
@@ -238,14 +244,17 @@ class FocalRetinaNet(DenseDetector):
     @torch.jit.unused
     def prepare_for_inference(self, rebuild: bool = False) -> FoldedBackboneAndHead:
         """
-        ``inference_copy`` (backbone and head with folded norms, channels_last), built anew when
-        missing, when the weights changed since it was built, or when ``rebuild`` (after writes
-        through ``param.data``, which torch does not count).
+        ``inference_copy`` (backbone and head with folded norms, channels_last, in
+        ``inference_dtype``), built anew when missing, when the weights changed since it was
+        built, when ``inference_dtype`` changed, or when ``rebuild`` (after writes through
+        ``param.data``, which torch does not count).
         """
         copy = self.inference_copy
-        if copy is None or rebuild or not copy.is_current(self.backbone, self.head):
+        dtype = torch.bfloat16 if self.inference_dtype == "bfloat16" else None  # None: the modules' own
+        if copy is None or rebuild or copy.dtype != dtype or not copy.is_current(self.backbone, self.head):
             self.inference_copy = None  # free the old copy before building the new one
-            self.inference_copy = FoldedBackboneAndHead(self.backbone, self.head, self.head_in_features)
+            self.inference_copy = FoldedBackboneAndHead(self.backbone, self.head, self.head_in_features,
+                                                        dtype=dtype)
         return self.inference_copy
 
     @torch.jit.unused

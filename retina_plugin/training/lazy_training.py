@@ -4,10 +4,12 @@ detectron2's ``tools/lazyconfig_train_net.py``), used by ``tools/lazyconfig_trai
 """
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import instantiate
-from detectron2.engine import AMPTrainer, SimpleTrainer, create_ddp_model, hooks
+from detectron2.engine import create_ddp_model, hooks
 from detectron2.engine.defaults import default_writers
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
+
+from .mixed_precision import build_step_trainer
 
 __all__ = ["do_train", "do_test"]
 
@@ -37,7 +39,9 @@ def do_train(cfg, resume: bool = False):
     optimizer = instantiate(cfg.optimizer)
     train_loader = instantiate(cfg.dataloader.train)
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optimizer)
+    # train.amp.precision as SOLVER.AMP.PRECISION: "auto", "bfloat16" or "float16".
+    trainer = build_step_trainer(model, train_loader, optimizer, cfg.train.device, cfg.train.amp.enabled,
+                                 cfg.train.amp.get("precision", "auto"), key="train.amp.precision")
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks([
         hooks.IterationTimer(),

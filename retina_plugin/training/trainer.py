@@ -1,7 +1,8 @@
 """
 The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator,
 with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis, a
-metrics.json without repeated iterations after ``--resume``, and the training data's analysis
+metrics.json without repeated iterations after ``--resume``, mixed precision on CPU and GPU
+(``SOLVER.AMP``), and the training data's analysis
 (anchor coverage) in the log before the first iteration, and sliced evaluation of large images
 (``TEST.SLICE``).
 """
@@ -23,6 +24,7 @@ from ..modeling import FocalRetinaNetWithTTA
 from ..slicing import SlicedInference
 from .checkpoint import AtomicDetectionCheckpointer
 from .metrics_json import drop_records_from
+from .mixed_precision import build_step_trainer
 from .nonfinite_diagnosis import NonFiniteWatch
 from .optimizer import build_optimizer
 
@@ -51,6 +53,27 @@ def _cpu_ddp(device: str):
         d2_defaults.create_ddp_model = original
 
 
+@contextlib.contextmanager
+def _mixed_precision(cfg):
+    """
+    DefaultTrainer builds detectron2's AMPTrainer for SOLVER.AMP.ENABLED, which runs on CUDA in
+    float16 only. While the trainer is made, build ours instead (:func:`build_step_trainer`).
+    """
+    if not cfg.SOLVER.AMP.ENABLED:
+        yield
+        return
+    original = d2_defaults.AMPTrainer
+
+    def build(model, data_loader, optimizer):
+        return build_step_trainer(model, data_loader, optimizer, cfg.MODEL.DEVICE, True, cfg.SOLVER.AMP.PRECISION)
+
+    d2_defaults.AMPTrainer = build
+    try:
+        yield
+    finally:
+        d2_defaults.AMPTrainer = original
+
+
 class Trainer(DefaultTrainer):
     """
     DefaultTrainer whose evaluator is COCOEvaluator (box AP) for every test dataset, COCO-json,
@@ -60,12 +83,13 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         if comm.is_main_process():
             log_training_data_analysis(cfg, logging.getLogger(__name__))
-        with _cpu_ddp(cfg.MODEL.DEVICE):
+        with _cpu_ddp(cfg.MODEL.DEVICE), _mixed_precision(cfg):
             super().__init__(cfg)
         if cfg.SOLVER.DIAGNOSE_NONFINITE:
-            # Under AMP an inf gradient is normal (the grad scaler skips that step).
+            # Under float16's grad scaler an inf gradient is normal (the scaler skips that step).
+            scaled = getattr(self._trainer, "grad_scaler", None) is not None and self._trainer.grad_scaler.is_enabled()
             self.nonfinite_watch = NonFiniteWatch(
-                cfg.OUTPUT_DIR, cfg.dump(), check_gradients=not cfg.SOLVER.AMP.ENABLED
+                cfg.OUTPUT_DIR, cfg.dump(), check_gradients=not scaled
             ).attach(self._trainer)
 
     def build_hooks(self):
