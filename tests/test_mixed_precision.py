@@ -16,9 +16,8 @@ from retina_plugin.data.shapes import generate_shapes_split
 from retina_plugin.training import mixed_precision
 from retina_plugin.training.mixed_precision import MixedPrecisionTrainer, resolve_amp_precision
 from retina_plugin.training.nonfinite_diagnosis import NonFiniteLossError
-from retina_plugin.training.trainer import Trainer
 
-from .conftest import load_cfg
+from .test_nonfinite_diagnosis import make_trainer
 
 AMX = {"fpu", "avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"}
 AVX2_ONLY = {"fpu", "sse4_2", "avx", "avx2", "fma"}
@@ -29,18 +28,7 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("mixed_precision_data")
     json_file = generate_shapes_split(str(root), 4, seed=3, image_size=96)
     register_coco_json("mixed_precision_train", json_file, str(root))
-    return "mixed_precision_train"
-
-
-def make_trainer(dataset, output_dir, *opts, resume=False):
-    cfg = load_cfg(opts=[
-        "DATASETS.TRAIN", f"('{dataset}',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "3", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
-        "OUTPUT_DIR", str(output_dir), *opts,
-    ])
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=resume)
-    return trainer
+    return "mixed_precision_train", str(root)
 
 
 def test_auto_picks_bfloat16_by_the_cpu_flags_and_explicit_choices_are_checked(caplog):

@@ -27,14 +27,15 @@ def dataset(tmp_path_factory):
     return name, str(root)
 
 
-def make_trainer(dataset, output_dir, *opts):
+def make_trainer(dataset, output_dir, *opts, resume=False):
+    """A Trainer of the tiny config on ``dataset`` ((name, root)), 3 iterations of batch 2 at 96 px."""
     cfg = load_cfg(opts=[
         "DATASETS.TRAIN", f"('{dataset[0]}',)", "DATASETS.TEST", "()", "SOLVER.IMS_PER_BATCH", "2",
         "SOLVER.MAX_ITER", "3", "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96",
         "OUTPUT_DIR", str(output_dir), *opts,
     ])
     trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
+    trainer.resume_or_load(resume=resume)
     return trainer
 
 
