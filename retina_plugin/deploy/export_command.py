@@ -9,9 +9,9 @@ what was written against eager mode before reporting success.
   (:mod:`retina_plugin.deploy.engines`) at ``--precision fp32|fp16|bf16|int8`` (bf16: OpenVINO
   on a CPU with AMX or AVX512-BF16); int8 is calibrated on ``--calibration-images`` images of
   ``--calibration-dataset``. An fp32 engine must give the eager model's detections (as sets) on
-  real images, alone and in batches; fp16, bf16 and int8 engines are scored by COCOEvaluator on evaluation images that calibration did not use, and
-  refused (non-zero exit, and an engine that will not load) when they lose more than
-  ``--max-ap-drop`` AP.
+  real images, alone and in batches; fp16, bf16 and int8 engines are scored by COCOEvaluator on
+  evaluation images that calibration did not use, and refused (non-zero exit, and an engine that
+  will not load) when they lose more than ``--max-ap-drop`` AP.
 - ``--verify ENGINE``: the same check again, here, for an engine made elsewhere or with another
   release of its backend.
 """
