@@ -156,3 +156,14 @@ def test_out_of_anchor_shapes_are_drawn_once_redrawn_when_their_settings_change_
     fitted_anchors.shapes_variant_opts(root, "test_thin_shapes", (24, 64), (2, 3))  # other settings: redrawn
     redrawn = json.load(open(train_json))
     assert redrawn["info"]["elongation"] == [2, 3] and max(_aspects(redrawn)[0]) < 4
+    # As one class: the same images and boxes, every object a "shape", and a one-class head.
+    one_class = fitted_anchors.shapes_variant_opts(root, "test_one_class", (24, 64), (2, 3), one_class=True)
+    assert one_class[-2:] == ["MODEL.RETINANET.NUM_CLASSES", "1"]
+    cfg = load_config(str(CONFIGS / "demo_R18_cpu.yaml"), one_class)
+    register_datasets_from_config(cfg)
+    records = DatasetCatalog.get("test_one_class_train")
+    assert MetadataCatalog.get("test_one_class_train").thing_classes == ["shape"]
+    assert [[a["bbox"] for a in r["annotations"]] for r in records] == \
+        [[a["bbox"] for a in r["annotations"]] for r in DatasetCatalog.get("test_thin_shapes_train")]
+    assert {a["category_id"] for r in records for a in r["annotations"]} == {0}
+    assert json.load(open(train_json))["categories"][3]["name"] == "star"  # the four-class json is kept
