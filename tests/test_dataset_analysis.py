@@ -209,3 +209,28 @@ def test_objects_too_small_for_the_input_get_an_input_size(capsys):
     advice = fit["input_size"]
     assert advice is not None and advice["factor"] > 1 and advice["coverage"] >= 0.9
     assert advice["INPUT.MIN_SIZE_TEST"] == round(256 * advice["factor"])
+
+
+def test_fitted_anchors_that_gain_too_little_coverage_leave_the_config_alone(tmp_path, capsys):
+    from retina_plugin.analysis import fit_anchors
+    from retina_plugin.analysis.command_line import fit_anchors_main
+
+    name = _register("analysis_small_min_gain", _small_objects())
+    cfg = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
+    fit = fit_anchors(cfg, name, seed=0, generations=300)
+    gain = fit["coverage_fitted"] - fit["coverage_before"]
+    assert fit["changed"] and gain > 0.2
+    # Asked for more than the fit gains: the config's anchors, unchanged.
+    kept = fit_anchors(cfg, name, seed=0, generations=300, min_gain=gain + 0.01)
+    assert not kept["changed"] and kept["coverage_after"] == kept["coverage_before"]
+    assert kept["coverage_fitted"] == fit["coverage_fitted"]
+    assert [list(s) for s in kept["sizes"]] == [list(map(float, s)) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
+    output, min_gain = tmp_path / "anchors.yaml", f"{gain + 0.01:.4f}"
+    assert fit_anchors_main(["--config-file", str(TINY_CONFIG), "--dataset", name, "--output", str(output),
+                             "--generations", "300", "--min-gain", min_gain, *DEMO_ANCHORS_256]) == 0
+    printed = capsys.readouterr().out
+    assert (f"the fitted anchors cover {fit['coverage_fitted']:.3f} against the config's "
+            f"{fit['coverage_before']:.3f}, not more than --min-gain {float(min_gain):g} more") in printed
+    merged = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
+    merged.merge_from_file(str(output))
+    assert merged.MODEL.ANCHOR_GENERATOR.SIZES == cfg.MODEL.ANCHOR_GENERATOR.SIZES

@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from ..data import register_datasets_from_config
 from ..entry_points.defaults import setup_config, setup_process
-from .anchor_fitting import anchors_yaml, fit_anchors
+from .anchor_fitting import DEFAULT_MIN_COVERAGE_GAIN, anchors_yaml, fit_anchors
 from .dataset import analyze_dataset, plot_box_shapes, summary_lines
 
 __all__ = ["argument_parser", "main", "fit_anchors_main", "analyze_errors_main"]
@@ -81,13 +81,16 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--output", required=True, metavar="YAML", help="the anchors, to merge with _BASE_ or cfg")
     parser.add_argument("--seed", type=int, default=0, help="the search's seed: the same seed, the same anchors")
     parser.add_argument("--generations", type=int, default=1000, help="steps of the evolutionary search")
+    parser.add_argument("--min-gain", type=float, default=DEFAULT_MIN_COVERAGE_GAIN, metavar="F",
+                        help="keep the config's anchors unless the fitted ones cover more than F (a share of the "
+                        "boxes) more")
     parser.add_argument("opts", nargs=argparse.REMAINDER, metavar="KEY VALUE", help="config overrides")
     args = parser.parse_args(argv)
     cfg, dataset = _config_with_a_dataset(args, "fit_anchors")
     if cfg is None:
         return 2
     try:
-        fit = fit_anchors(cfg, dataset, args.seed, args.generations)
+        fit = fit_anchors(cfg, dataset, args.seed, args.generations, min_gain=args.min_gain)
     except ValueError as e:
         print(f"fit_anchors: {e}", file=sys.stderr)
         return 2
@@ -96,6 +99,10 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
         print("After (fitted anchors):\n  " + "\n  ".join(summary_lines(fit["after"])))
         what = (f"anchor coverage {fit['coverage_before']:.3f} -> {fit['coverage_after']:.3f} at the training scale; "
                 f"SIZES {fit['sizes']}, ASPECT_RATIOS [{fit['ratios']}]")
+    elif fit["coverage_fitted"] > fit["coverage_before"]:
+        what = (f"the fitted anchors cover {fit['coverage_fitted']:.3f} against the config's "
+                f"{fit['coverage_before']:.3f}, not more than --min-gain {args.min_gain:g} more: the config's anchors "
+                "are kept, written unchanged")
     else:
         what = (f"the config's anchors are already the best found (coverage {fit['coverage_before']:.3f}); "
                 "written unchanged")
