@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 WINDOWS = "windows"
 
 
+def _window_progress_path(output_dir: str, item: Dict) -> str:
+    return os.path.join(output_dir, WINDOWS, f"{item['image_id']}.jsonl")
+
+
 def _progress_header(image_size, settings: SliceSettings) -> Dict:
     return {"image_size": list(image_size), "settings": {k: list(v) if isinstance(v, tuple) else v
                                                           for k, v in asdict(settings).items()}}
@@ -75,7 +79,7 @@ def _predict_image(model, cfg, item: Dict, settings: SliceSettings, resize, outp
         message = str(e) if str(e).startswith(item["file_name"]) else f"{item['file_name']}: {e}"
         return {k: item[k] for k in ("key", "image_id", "file_name")} | {"error": message}
     flip_channels = cfg.INPUT.FORMAT == "RGB"
-    path = os.path.join(output_dir, WINDOWS, f"{item['image_id']}.jsonl")
+    path = _window_progress_path(output_dir, item)
     header = _progress_header((height, width), settings)
     done = read_window_progress(path, header) if resume else {}
     todo = [w for w in windows if tuple(w) not in done]
@@ -130,7 +134,7 @@ def predict_sliced_on_rank(model, cfg, source, output_dir: str, resume: bool = F
             counts["images"] += 1
             counts["windows"] += record.pop("windows")
         writer.write([record])
-        progress = os.path.join(output_dir, WINDOWS, f"{item['image_id']}.jsonl")
+        progress = _window_progress_path(output_dir, item)
         if os.path.exists(progress):
             os.remove(progress)
     counts["seconds"] = time.perf_counter() - start
