@@ -136,6 +136,19 @@ def test_a_finished_run_without_detections_says_so():
     assert "| v | – | – |" in ablation.results_markdown(rows)
 
 
+def test_the_table_shows_the_final_training_loss_where_the_runs_recorded_it():
+    setting = ablation.Setting(name="v", variant="v", labels={}, overrides=[])
+    ap = {m: 10.0 for m in ablation.METRICS}
+    runs = [{"status": "finished", "metrics": ap, "train_loss": loss} for loss in (0.5, 0.7)]
+    table = ablation.results_markdown(ablation.summarize([setting], {"v": runs}))
+    assert "| variant | AP | AP50 | AP75 | APs | train loss | runs | time |" in table
+    assert "| 10.0 ± 0.0 | 0.60 ± 0.14 | 2 |" in table
+    # One run recorded before result.json held the loss: no mean over the other alone.
+    runs[1].pop("train_loss")
+    table = ablation.results_markdown(ablation.summarize([setting], {"v": runs}))
+    assert "train loss" not in table and "| 10.0 ± 0.0 | 2 |" in table
+
+
 def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys):
     argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2,5", f"{ALPHA}=.25,.75",
             "--seeds", "2", "--output", str(tmp_path), "SOLVER.MAX_ITER", "7"]
@@ -262,10 +275,14 @@ def test_a_real_run_trains_and_evaluates(tmp_path):
     logged_ap = [r["bbox/AP"] for r in logged if "bbox/AP" in r][-1]
     assert result["metrics"]["AP"] == pytest.approx(logged_ap)
     assert not math.isnan(logged_ap)
+    # The final training loss, as detectron2 logged it (the median of the last iterations).
+    logged_loss = [r["total_loss"] for r in logged if "total_loss" in r][-1]
+    assert result["train_loss"] == pytest.approx(logged_loss)
     assert (run_dir / "inference" / "abl_val" / "coco_instances_results.json").is_file()
     summary = json.loads((output / "results.json").read_text())
     assert summary["settings"][0]["mean"]["AP"] == pytest.approx(logged_ap)
     assert f"{logged_ap:.1f}" in (output / "results.md").read_text()
+    assert f"| {logged_loss:.2f} |" in (output / "results.md").read_text()
 
 
 class RecipeRuns:

@@ -39,6 +39,9 @@ def summarize(settings: Sequence[Setting], results: Dict[str, List[Dict]]) -> Li
         runs = results.get(setting.name, [])
         finished = [r for r in runs if r["status"] == "finished"]
         stats = {m: _mean_std([r["metrics"][m] for r in finished]) for m in METRICS}
+        # Runs recorded before result.json held the loss have none: then no mean of a part.
+        with_loss = finished and all("train_loss" in r for r in finished)
+        stats["train_loss"] = _mean_std([r["train_loss"] for r in finished] if with_loss else [])
         rows.append(
             {
                 "name": setting.name,
@@ -64,13 +67,13 @@ def _no_value(row: Dict, not_run: str) -> str:
     return "diverged" if row["num_diverged"] else not_run
 
 
-def _cell(row: Dict, metric: str) -> str:
-    mean, std = row["mean"][metric], row["std"][metric]
+def _cell(row: Dict, metric: str, digits: int = 1) -> str:
+    mean, std = row["mean"].get(metric, float("nan")), row["std"].get(metric, float("nan"))
     if math.isnan(mean):
         return _no_value(row, "–")
     if row["num_runs"] - row["num_diverged"] > 1:
-        return f"{mean:.1f} ± {std:.1f}"
-    return f"{mean:.1f}"
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    return f"{mean:.{digits}f}"
 
 
 def results_markdown(rows: List[Dict], header: str = "") -> str:
@@ -79,7 +82,9 @@ def results_markdown(rows: List[Dict], header: str = "") -> str:
     columns = (["variant"] if with_variants else []) + [short_key(k) for k in grid_keys]
     if not columns:
         columns = ["setting"]
-    columns += list(TABLE_METRICS) + ["runs", "time"]
+    # The final training loss, where the runs recorded it.
+    with_loss = any(not math.isnan(r["mean"].get("train_loss", float("nan"))) for r in rows)
+    columns += list(TABLE_METRICS) + (["train loss"] if with_loss else []) + ["runs", "time"]
     lines = [header] if header else []
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     best = max((r for r in rows if not math.isnan(r["mean"]["AP"])), key=lambda r: r["mean"]["AP"], default=None)
@@ -90,6 +95,8 @@ def results_markdown(rows: List[Dict], header: str = "") -> str:
         metrics = [_cell(row, m) for m in TABLE_METRICS]
         if row is best:
             metrics[0] = f"**{metrics[0]}**"
+        if with_loss:
+            metrics.append(_cell(row, "train_loss", digits=2))
         runs = f"{row['num_runs']}" + (f" ({row['num_diverged']} diverged)" if row["num_diverged"] else "")
         cells += metrics + [runs, format_duration(row["seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
@@ -99,7 +106,8 @@ def results_markdown(rows: List[Dict], header: str = "") -> str:
             if row["variant"] != "base" and not row["labels"]:
                 lines.append(f"- `{row['variant']}`: " + " ".join(f"`{k}={v}`" for k, v in row["overrides"]))
     lines.append("")
-    lines.append("COCO box AP on DATASETS.TEST; mean ± sample std over seeds (finished runs only); **best AP** in bold.")
+    lines.append("COCO box AP on DATASETS.TEST; mean ± sample std over seeds (finished runs only); **best AP** in bold."
+                 + (" Train loss: total_loss at the end, median of the last 20 iterations." if with_loss else ""))
     return "\n".join(lines) + "\n"
 
 

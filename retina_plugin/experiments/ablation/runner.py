@@ -97,6 +97,10 @@ def _train_and_evaluate(args) -> None:
         bbox = evaluation.get("bbox") or evaluation.get(cfg.DATASETS.TEST[0], {}).get("bbox", {})
         result["metrics"] = {m: float(bbox.get(m, float("nan"))) for m in METRICS}
         result["iterations"] = cfg.SOLVER.MAX_ITER
+        # The loss at the end tells underfitting (high) from overfitting (low, with a low AP):
+        # the median of the last 20 iterations, as detectron2 logs it.
+        if "total_loss" in trainer.storage.histories():
+            result["train_loss"] = float(trainer.storage.history("total_loss").median(20))
     except FloatingPointError as e:
         # detectron2's trainer stops on a non-finite loss; record where.
         match = re.search(r"iteration=(\d+)", str(e))
