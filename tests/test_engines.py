@@ -4,6 +4,7 @@ give eager mode's detections (as sets, alone and in batches, at several sizes), 
 lose a bounded AP, and every refusal names its reason: another backend version, too large an
 AP drop, a size outside the profile, a config that describes another model.
 """
+import copy
 import json
 import logging
 
@@ -290,6 +291,28 @@ def test_speed_accuracy_curve_over_test_sizes(eager, fp32_engines, tmp_path):
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("time per image (ms)", "COCO box AP")
     assert sorted(t.get_text() for t in ax.texts) == sorted(["96", "160", "288", "96", "160"])  # sizes labelled
     assert cv2.imread(str(tmp_path / "curve.png")) is not None
+
+
+def test_speed_accuracy_has_an_eager_row_per_fast_path_dtype(eager):
+    from retina_plugin.experiments.speed_accuracy import eager_models
+
+    cfg, model = eager
+    rows = eager_models(model, ["float32", "bfloat16"])
+    assert list(rows) == ["eager fp32 (fast path)", "eager bf16 (fast path)"]
+    fp32, bf16 = rows.values()
+    # The model itself stays float32; the bfloat16 row is a copy with its own folded weights.
+    assert fp32 is model and model.inference_dtype == "float32" and bf16.inference_dtype == "bfloat16"
+    inputs = mapped_test_images(cfg, "tiny_shapes_val", 0, 2)
+    with torch.no_grad():
+        a = [o["instances"] for o in fp32(inputs)]
+        b = [o["instances"] for o in bf16(inputs)]
+    assert all(len(x) > 0 for x in a)
+    assert any(detection_differences(x, y) for x, y in zip(a, b))  # really another dtype
+    assert all(y.scores.dtype == torch.float32 and y.pred_boxes.tensor.dtype == torch.float32 for y in b)
+    alone = copy.deepcopy(model)
+    assert eager_models(alone, ["bfloat16"]) == {"eager bf16 (fast path)": alone} and alone.inference_dtype == "bfloat16"
+    with pytest.raises(ValueError, match="no INFERENCE_DTYPE"):
+        eager_models(torch.nn.Linear(1, 1), ["bfloat16"])
 
 
 def test_openvino_bf16_runs_only_where_the_cpu_has_bf16_and_loses_a_bounded_ap(eager, fp32_engines, trained_tiny,

@@ -89,3 +89,15 @@ def test_precision_rows_run_each_dtype_on_one_models_weights():
     finally:
         handle.remove()
     assert convs == {"float32": {torch.float32}, "bfloat16": {torch.bfloat16}}  # the training step's autocast
+
+
+def test_the_engine_table_has_openvino_bf16_only_where_the_cpu_runs_bfloat16(monkeypatch):
+    import retina_plugin.deploy.engines as engines
+
+    monkeypatch.setattr(engines, "available_backends", lambda: ["onnxruntime", "openvino", "tensorrt"])
+    with_bfloat16 = speed_benchmark.engine_variants("cpu", cpu_flags={"avx2", "avx512_bf16"})
+    assert ("openvino", "bf16") in with_bfloat16 and ("openvino", "int8") in with_bfloat16
+    # Where OpenVINO would run it in f32 the build refuses it: no row.
+    emulated = speed_benchmark.engine_variants("cpu", cpu_flags={"avx2", "avx512f"})
+    assert emulated == [v for v in with_bfloat16 if v != ("openvino", "bf16")]
+    assert all(b == "tensorrt" for b, _ in speed_benchmark.engine_variants("cuda", cpu_flags={"amx_bf16"}))

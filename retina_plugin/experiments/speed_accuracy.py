@@ -8,6 +8,7 @@ the time is the median of the per-image model calls (pre- and post-processing in
 decoding of the files not), the AP COCOEvaluator's over all those images.
 """
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -22,7 +23,10 @@ from detectron2.evaluation import COCOEvaluator
 
 from ..data.mapper import CheckedDatasetMapper
 
-__all__ = ["scaled_config", "measure_point", "speed_accuracy_curve", "curve_markdown", "plot_curve", "main"]
+__all__ = ["scaled_config", "eager_models", "measure_point", "speed_accuracy_curve", "curve_markdown", "plot_curve",
+           "main"]
+
+SHORT_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
 
 
 def scaled_config(cfg, min_size: int):
@@ -33,6 +37,23 @@ def scaled_config(cfg, min_size: int):
     scaled.INPUT.MIN_SIZE_TEST = int(min_size)
     scaled.INPUT.MAX_SIZE_TEST = int(round(min_size * ratio))
     return scaled
+
+
+def eager_models(model, dtypes: Sequence[str]) -> Dict[str, torch.nn.Module]:
+    """
+    {"eager <dtype> (fast path)": model} for each of ``dtypes`` (MODEL.FOCAL_RETINANET.INFERENCE_DTYPE
+    values): ``model`` itself for the first, a copy for each other, so every row keeps its own
+    folded copy.
+    """
+    models = {}
+    for i, dtype in enumerate(dtypes):
+        row = model if i == 0 else copy.deepcopy(model)
+        if dtype != getattr(row, "inference_dtype", "float32"):
+            if not hasattr(row, "inference_dtype"):
+                raise ValueError(f"{type(row).__name__} has no INFERENCE_DTYPE: it runs in float32 only, not {dtype}")
+            row.inference_dtype = dtype
+        models[f"eager {SHORT_DTYPES[dtype]} (fast path)"] = row
+    return models
 
 
 @torch.no_grad()
@@ -128,6 +149,9 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="INPUT.MIN_SIZE_TEST values (MAX_SIZE_TEST scales with them)")
     parser.add_argument("--engines", nargs="*", default=[], metavar="DIR",
                         help="engine folders (tools/export_model.py; --max-size must cover the largest size)")
+    parser.add_argument("--eager-dtypes", nargs="+", choices=list(SHORT_DTYPES), metavar="DTYPE",
+                        help="one eager row per dtype of the fast path: float32, bfloat16 (default: "
+                        "MODEL.FOCAL_RETINANET.INFERENCE_DTYPE)")
     parser.add_argument("--dataset", help="registered dataset (default: the first of DATASETS.TEST)")
     parser.add_argument("--max-images", type=int, default=0, help="its first N images (0: all)")
     parser.add_argument("--output", default="output/speed_accuracy", metavar="DIR")
@@ -155,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     dataset = args.dataset or cfg.DATASETS.TEST[0]
     eager = build_model(cfg).eval()
     DetectionCheckpointer(eager).load(cfg.MODEL.WEIGHTS)
-    models = {"eager fp32 (fast path)": eager}
+    models = eager_models(eager, args.eager_dtypes or [cfg.MODEL.FOCAL_RETINANET.INFERENCE_DTYPE])
     for folder in args.engines:
         engine_model = build_engine_model(cfg, folder)
         engine = engine_model.inference_engine

@@ -260,19 +260,25 @@ def model_gflops(model, size):
 # Deployment engines the benchmark builds, where their backend runs (see engine_variants).
 ENGINE_VARIANTS = (
     ("onnxruntime", "fp32"), ("onnxruntime", "int8"),
-    ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "int8"),
+    ("openvino", "fp32"), ("openvino", "fp16"), ("openvino", "bf16"), ("openvino", "int8"),
     ("tensorrt", "fp32"), ("tensorrt", "fp16"), ("tensorrt", "int8"),
 )
 
 
-def engine_variants(device: str = "cpu"):
-    """The (backend, precision) pairs of ENGINE_VARIANTS this machine runs for ``device``."""
+def engine_variants(device: str = "cpu", cpu_flags=None):
+    """
+    The (backend, precision) pairs of ENGINE_VARIANTS this machine runs for ``device``; bf16
+    only on a CPU with native bfloat16 (``cpu_flags``, default: this CPU's), where the build
+    refuses it otherwise.
+    """
     from ..deploy.engines import available_backends
+    from ..utils.cpu_features import native_bfloat16_flags
 
     backends = set(available_backends())
     on_gpu = torch.device(device).type == "cuda"
     wanted = {"tensorrt"} if on_gpu else {"onnxruntime", "openvino"}
-    return [(b, p) for b, p in ENGINE_VARIANTS if b in backends & wanted]
+    native_bfloat16 = bool(native_bfloat16_flags(cpu_flags))
+    return [(b, p) for b, p in ENGINE_VARIANTS if b in backends & wanted and (p != "bf16" or native_bfloat16)]
 
 
 def build_benchmark_engines(model, cfg, size, workdir: str, calibration, variants, max_batch: int = 8):
