@@ -86,6 +86,8 @@ train.update(
     eval_period=200,
     checkpointer=dict(period=100000, max_to_keep=1),
     device="cpu",
+    # bfloat16 where the CPU has it natively, float32 elsewhere, as demo_R18_cpu.yaml.
+    amp=dict(enabled=True, precision="auto"),
     output_dir="./output/demo_lazy",
     seed=0,
 )
