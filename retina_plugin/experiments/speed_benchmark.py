@@ -268,8 +268,8 @@ ENGINE_VARIANTS = (
 def engine_variants(device: str = "cpu", cpu_flags=None):
     """
     The (backend, precision) pairs of ENGINE_VARIANTS this machine runs for ``device``; bf16
-    only on a CPU with native bfloat16 (``cpu_flags``, default: this CPU's), where the build
-    refuses it otherwise.
+    only on a CPU with native bfloat16 (``cpu_flags``, default: this CPU's): elsewhere the build
+    refuses it.
     """
     from ..deploy.engines import available_backends
     from ..utils.cpu_features import native_bfloat16_flags
