@@ -2,9 +2,9 @@
 The trainer used by ``train_net.py``: detectron2's DefaultTrainer, evaluated with COCOEvaluator,
 with atomic checkpoints, image reading that names the file, a NaN/inf diagnosis, a
 metrics.json without repeated iterations after ``--resume``, mixed precision on CPU and GPU
-(``SOLVER.AMP``), and the training data's analysis
-(anchor coverage) in the log before the first iteration, and sliced evaluation of large images
-(``TEST.SLICE``).
+(``SOLVER.AMP``), sliced evaluation of large images (``TEST.SLICE``), and in the log before the
+first iteration the training data's analysis (anchor coverage) and a warning on a warm-up that
+never reaches SOLVER.BASE_LR.
 """
 import contextlib
 import logging
@@ -27,6 +27,7 @@ from .metrics_json import drop_records_from
 from .mixed_precision import build_step_trainer
 from .nonfinite_diagnosis import NonFiniteWatch
 from .optimizer import build_optimizer
+from .schedule import log_schedule_warnings
 
 __all__ = ["Trainer"]
 
@@ -83,6 +84,7 @@ class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         if comm.is_main_process():
             log_training_data_analysis(cfg, logging.getLogger(__name__))
+            log_schedule_warnings(cfg, logging.getLogger(__name__))
         with _cpu_ddp(cfg.MODEL.DEVICE), _mixed_precision(cfg):
             super().__init__(cfg)
         if cfg.SOLVER.DIAGNOSE_NONFINITE:
