@@ -1,8 +1,8 @@
 """
-The one-class, tree-crown-like regime of issue 27 built from the reef: every third training tile
-(the tiles of ``retina_reef_train_third``) and the val tiles, with the 4 coral classes merged
-into one, as COCO json files under datasets/reef_one_class/ (images stay in datasets/retina_reef/).
-Run from the repository root after the reef has been built once (any training on it builds it):
+The one-class, tree-crown-like regime of issue 27 built from the reef: the tiles of
+``retina_reef_train_third`` and ``retina_reef_val`` (built on first load), with the 4 coral
+classes merged into one, as COCO json files under datasets/reef_one_class/ (images stay in
+datasets/retina_reef/). Run from the repository root:
 
     python experiment_records/reef_one_class_regime/make_datasets.py
     bash experiment_records/reef_one_class_regime/run.sh
@@ -10,15 +10,17 @@ Run from the repository root after the reef has been built once (any training on
 import json
 import os
 
+from detectron2.data import DatasetCatalog
+
+import retina_plugin  # noqa: F401  (registers the reef datasets)
 from retina_plugin.data.reef import reef_root
 
 root = reef_root()
 output = os.path.join(os.path.dirname(root.rstrip("/")), "reef_one_class")
 os.makedirs(output, exist_ok=True)
-for split, name, every in (("train", "train_third", 3), ("val", "val", 1)):
+for dataset, split, name in (("retina_reef_train_third", "train", "train_third"), ("retina_reef_val", "val", "val")):
+    kept = {record["image_id"] for record in DatasetCatalog.get(dataset)}
     coco = json.load(open(os.path.join(root, split, "annotations.json")))
-    # detectron2's load_coco_json orders images by id, and retina_reef_train_third takes [::3] of that.
-    kept = set(sorted(image["id"] for image in coco["images"])[::every])
     one_class = {
         "images": [image for image in coco["images"] if image["id"] in kept],
         "annotations": [dict(a, category_id=1) for a in coco["annotations"] if a["image_id"] in kept],
