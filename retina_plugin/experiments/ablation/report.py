@@ -67,9 +67,13 @@ def _no_value(row: Dict, not_run: str) -> str:
     return "diverged" if row["num_diverged"] else not_run
 
 
-def _cell(row: Dict, metric: str, digits: int = 1) -> str:
+def _cell(row: Dict, metric: str, digits: int = 1, unrecorded: str = "") -> str:
+    """``unrecorded``: what finished runs that did not record ``metric`` show (e.g. runs from
+    before result.json held it), rather than the reason an AP is missing."""
     mean, std = row["mean"].get(metric, float("nan")), row["std"].get(metric, float("nan"))
     if math.isnan(mean):
+        if unrecorded and row["num_runs"] > row["num_diverged"] and not math.isnan(row["mean"]["AP"]):
+            return unrecorded
         return _no_value(row, "–")
     if row["num_runs"] - row["num_diverged"] > 1:
         return f"{mean:.{digits}f} ± {std:.{digits}f}"
@@ -96,7 +100,7 @@ def results_markdown(rows: List[Dict], header: str = "") -> str:
         if row is best:
             metrics[0] = f"**{metrics[0]}**"
         if with_loss:
-            metrics.append(_cell(row, "train_loss", digits=2))
+            metrics.append(_cell(row, "train_loss", digits=2, unrecorded="not recorded"))
         runs = f"{row['num_runs']}" + (f" ({row['num_diverged']} diverged)" if row["num_diverged"] else "")
         cells += metrics + [runs, format_duration(row["seconds"])]
         lines.append("| " + " | ".join(cells) + " |")
