@@ -36,7 +36,8 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="a named setting compared with the base config (repeatable; several keys allowed)")
     parser.add_argument("--compare-recipes", action="store_true",
                         help="compare the paper default (the config), v2, v2 without AdamW (v2_sgd) and "
-                        "detectron2's RetinaNet on the config's data, with a verdict that accounts for seed noise (use --seeds 3)")
+                        "detectron2's RetinaNet on the config's data, with a verdict that accounts for seed "
+                        "noise (use --seeds 3)")
     parser.add_argument("--schedule-fraction", type=float, default=1.0, metavar="F",
                         help="run F of the config's schedule (iterations, steps, warm-up), e.g. 0.25 for a cheap look")
     parser.add_argument("--no-base", action="store_true",
