@@ -154,6 +154,10 @@ def test_the_table_shows_the_final_training_loss_where_the_runs_recorded_it():
     table = ablation.results_markdown(ablation.summarize([setting, recorded], {"v": runs, "w": newer}))
     assert "| v | **10.0 ± 0.0** | 10.0 ± 0.0 | 10.0 ± 0.0 | 10.0 ± 0.0 | not recorded | 2 |" in table
     assert "| w | 5.0 | 5.0 | 5.0 | 5.0 | 0.30 | 1 |" in table
+    # Whether or not they had detections: the loss cell is about the loss.
+    no_ap = [{"status": "finished", "metrics": {m: float("nan") for m in ablation.METRICS}}]
+    table = ablation.results_markdown(ablation.summarize([setting, recorded], {"v": no_ap, "w": newer}))
+    assert "| v | no detections | no detections | no detections | no detections | not recorded | 1 |" in table
 
 
 def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys):

@@ -72,7 +72,7 @@ def _cell(row: Dict, metric: str, digits: int = 1, unrecorded: str = "") -> str:
     before result.json held it), rather than the reason an AP is missing."""
     mean, std = row["mean"].get(metric, float("nan")), row["std"].get(metric, float("nan"))
     if math.isnan(mean):
-        if unrecorded and row["num_runs"] > row["num_diverged"] and not math.isnan(row["mean"]["AP"]):
+        if unrecorded and row["num_runs"] > row["num_diverged"]:
             return unrecorded
         return _no_value(row, "–")
     if row["num_runs"] - row["num_diverged"] > 1:
