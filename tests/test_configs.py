@@ -45,7 +45,7 @@ def test_every_config_builds_a_focal_retinanet(name):
     assert model.head.num_anchors == 9
     assert model.head.num_classes == cfg.MODEL.RETINANET.NUM_CLASSES
     # The paper's loss, or the quality focal loss of the v2 configs.
-    expected_loss = "QualityFocalLoss" if name.endswith("_v2.yaml") else "SigmoidFocalLoss"
+    expected_loss = "QualityFocalLoss" if name.endswith(("_v2.yaml", "_v2_adamw.yaml")) else "SigmoidFocalLoss"
     assert type(model.classification_loss).__name__ == expected_loss
     assert (model.test_score_thresh, model.test_topk_candidates) == (0.05, 1000)
     assert (model.test_nms_thresh, model.max_detections_per_image) == (0.5, 100)
@@ -55,17 +55,28 @@ def test_every_config_builds_a_focal_retinanet(name):
         assert model.anchor_assigner.matcher.allow_low_quality_matches
 
 
-@pytest.mark.parametrize("v2, v1", [("retina_R50_v2.yaml", "retina_R50.yaml"), ("demo_R18_cpu_v2.yaml", "demo_R18_cpu.yaml"),
-                                    ("reef_R18_cpu_v2.yaml", "reef_R18_cpu.yaml")])
+V2_PAIRS = [("retina_R50_v2.yaml", "retina_R50.yaml"), ("demo_R18_cpu_v2.yaml", "demo_R18_cpu.yaml"),
+            ("reef_R18_cpu_v2.yaml", "reef_R18_cpu.yaml")]
+# Each v2 config beside the same with AdamW, the reef's best set (docs/accuracy.md).
+V2_ADAMW_PAIRS = [(v2.replace("_v2.yaml", "_v2_adamw.yaml"), v1) for v2, v1 in V2_PAIRS]
+
+
+@pytest.mark.parametrize("v2, v1", V2_PAIRS + V2_ADAMW_PAIRS)
 def test_v2_configs_change_only_the_accuracy_options(v2, v1):
     new, old = load_cfg(CONFIGS / v2), load_cfg(CONFIGS / v1)
     model = build_model(new)
     assert type(model.anchor_assigner).__name__ == "ATSSAssigner"
-    assert new.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE == "p5" and new.SOLVER.OPTIMIZER == "AdamW"
+    assert new.MODEL.FOCAL_RETINANET.TOP_BLOCK_IN_FEATURE == "p5"
     assert new.MODEL.RETINANET.BBOX_REG_LOSS_TYPE == "giou"
     assert type(model.classification_loss).__name__ == "QualityFocalLoss"
     assert old.MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER == "IoU" and old.SOLVER.OPTIMIZER == "SGD"
     assert old.MODEL.FOCAL_RETINANET.CLASSIFICATION_LOSS == "SigmoidFocalLoss"
+    # v2 keeps the paper's optimizer: AdamW is what lost on held-out data.
+    if v2.endswith("_v2_adamw.yaml"):
+        assert new.SOLVER.OPTIMIZER == "AdamW"
+    else:
+        assert (new.SOLVER.OPTIMIZER, new.SOLVER.BASE_LR, new.SOLVER.WEIGHT_DECAY) == (
+            "SGD", old.SOLVER.BASE_LR, old.SOLVER.WEIGHT_DECAY)
     # Same model size, data and schedule as the paper-setting config.
     for key in ("MODEL.RESNETS.DEPTH", "MODEL.FPN.OUT_CHANNELS", "SOLVER.MAX_ITER", "SOLVER.STEPS",
                 "SOLVER.IMS_PER_BATCH", "INPUT.MIN_SIZE_TRAIN", "DATASETS.TRAIN"):
@@ -96,55 +107,70 @@ def _changes(new, old):
     return {k: a[k] for k in a if a[k] != b.get(k)}
 
 
-# The reef run of v2 whose results docs/accuracy.md reports (its config as trained).
-MEASURED_REEF_V2 = REPO_ROOT / "experiment_records/reef_accuracy/runs/v2_quality_focal_loss-c06d7c0d/seed0/config.yaml"
+# Each CPU v2 config and the recorded runs whose results docs/accuracy.md reports for it (its
+# config as trained): experiment_records/<regime>/runs/<variant>-<hash>/seed0/config.yaml. The
+# records name v2 "v2_sgd" and v2 with AdamW "v2" or "v2_quality_focal_loss": they ran before v2
+# lost AdamW.
+MEASURED_V2_RUNS = {
+    "reef_R18_cpu_v2.yaml": "reef_accuracy/runs/v2_sgd-4cc349b5",
+    "reef_R18_cpu_v2_adamw.yaml": "reef_accuracy/runs/v2_quality_focal_loss-c06d7c0d",
+    "demo_R18_cpu_v2.yaml": "shapes_regime/runs/v2_sgd-4cc349b5",
+    "demo_R18_cpu_v2_adamw.yaml": "shapes_regime/runs/v2-9319ffcc",
+}
 # What a run record sets that is not the recipe.
 RUN_KEYS = {"OUTPUT_DIR", "TEST.EVAL_PERIOD", "SEED"}
 
 
-def test_the_reef_v2_config_is_the_recorded_run_the_docs_report():
+@pytest.mark.parametrize("name", sorted(MEASURED_V2_RUNS))
+def test_the_cpu_v2_configs_are_the_recorded_runs_the_docs_report(name):
     from detectron2.config import get_cfg
 
     from retina_plugin import add_retina_config
 
+    run = REPO_ROOT / "experiment_records" / MEASURED_V2_RUNS[name]
     recorded = get_cfg()
     add_retina_config(recorded)
-    recorded.merge_from_file(str(MEASURED_REEF_V2))
-    shipped = load_cfg(CONFIGS / "reef_R18_cpu_v2.yaml")
+    recorded.merge_from_file(str(run / "seed0" / "config.yaml"))
+    shipped = load_cfg(CONFIGS / name)
     differences = {k for k in _changes(shipped, recorded)} - RUN_KEYS
-    # Recorded in float32 on an AVX2-only CPU, where the shipped AMP "auto" is float32 too; where
-    # the CPU has bfloat16 it trains in it, measured within float32's seed spread (docs/speed.md).
+    # Recorded in float32, where the shipped AMP "auto" trains in bfloat16 on a CPU that has it,
+    # measured within float32's seed spread (docs/speed.md).
     assert differences == {"SOLVER.AMP.ENABLED"}, differences
     assert shipped.SOLVER.AMP.ENABLED and shipped.SOLVER.AMP.PRECISION == "auto" and not recorded.SOLVER.AMP.ENABLED
-    assert "reef_R18_cpu_v2.yaml" in (REPO_ROOT / "docs" / "accuracy.md").read_text()
-    variant = MEASURED_REEF_V2.parent.parent.name.rsplit("-", 1)[0]
-    assert f"| {variant} |" in (REPO_ROOT / "experiment_records/reef_accuracy/results.md").read_text()
+    assert name in (REPO_ROOT / "docs" / "accuracy.md").read_text()
+    variant = run.name.rsplit("-", 1)[0]
+    assert f"| {variant} |" in (run.parent.parent / "results.md").read_text()
 
 
-@pytest.mark.parametrize("v2, v1", [("demo_R18_cpu_v2.yaml", "demo_R18_cpu.yaml"), ("reef_R18_cpu_v2.yaml", "reef_R18_cpu.yaml")])
-def test_cpu_v2_configs_are_the_recipe_tools_ablate_compares(v2, v1):
-    # tools/ablate.py --compare-recipes runs V2_RECIPE on a user's config: the same v2 as shipped.
-    from retina_plugin.experiments.ablation import V2_RECIPE
+@pytest.mark.parametrize("family", ["_v2", "_v2_adamw"])
+@pytest.mark.parametrize("v1", ["demo_R18_cpu", "reef_R18_cpu"])
+def test_cpu_v2_configs_are_the_recipes_tools_ablate_compares(v1, family):
+    # tools/ablate.py --compare-recipes runs these recipes on a user's config: the same as shipped.
+    from retina_plugin.experiments.ablation import RECIPES
 
-    shipped = load_cfg(CONFIGS / v2)
-    recipe = load_cfg(CONFIGS / v1, [x for pair in V2_RECIPE for x in pair])
+    shipped = load_cfg(CONFIGS / f"{v1}{family}.yaml")
+    recipe = load_cfg(CONFIGS / f"{v1}.yaml", [x for pair in RECIPES[family[1:]] for x in pair])
     recipe.OUTPUT_DIR = shipped.OUTPUT_DIR
     assert shipped.dump() == recipe.dump()
 
 
-def test_every_v2_config_is_one_recipe():
+@pytest.mark.parametrize("pairs", [V2_PAIRS, V2_ADAMW_PAIRS])
+def test_every_v2_config_is_one_recipe(pairs):
     # The same keys changed the same way from each paper-default config.
-    recipes = {v2: _changes(load_cfg(CONFIGS / v2), load_cfg(CONFIGS / v1)) for v2, v1 in (
-        ("demo_R18_cpu_v2.yaml", "demo_R18_cpu.yaml"), ("reef_R18_cpu_v2.yaml", "reef_R18_cpu.yaml"))}
+    recipes = {v2: _changes(load_cfg(CONFIGS / v2), load_cfg(CONFIGS / v1)) for v2, v1 in pairs}
     for recipe in recipes.values():
         recipe.pop("OUTPUT_DIR", None)
-    assert recipes["demo_R18_cpu_v2.yaml"] == recipes["reef_R18_cpu_v2.yaml"]
-    r50 = _changes(load_cfg(CONFIGS / "retina_R50_v2.yaml"), load_cfg(CONFIGS / "retina_R50.yaml"))
-    # The R50 recipe scales the learning rate to its batch and clips gradients as the CPU
+    (r50_name, _), (demo_name, _), (reef_name, _) = pairs
+    assert recipes[demo_name] == recipes[reef_name]
+    r50 = recipes[r50_name]
+    if pairs is V2_PAIRS:
+        assert r50 == recipes[reef_name]
+        return
+    # The R50 AdamW recipe scales the learning rate to its batch and clips gradients as the CPU
     # configs already do; every other key is the same change.
-    own = ("SOLVER.BASE_LR", "OUTPUT_DIR", "SOLVER.CLIP_GRADIENTS.")
+    own = ("SOLVER.BASE_LR", "SOLVER.CLIP_GRADIENTS.")
     assert {k: v for k, v in r50.items() if not k.startswith(own)} == {
-        k: v for k, v in recipes["reef_R18_cpu_v2.yaml"].items() if k != "SOLVER.BASE_LR"}
+        k: v for k, v in recipes[reef_name].items() if k != "SOLVER.BASE_LR"}
     reef = _flat(load_cfg(CONFIGS / "reef_R18_cpu.yaml"))
     assert all(reef[k] == v for k, v in r50.items() if k.startswith("SOLVER.CLIP_GRADIENTS."))
 
@@ -159,8 +185,8 @@ def test_setup_script_reuses_a_complete_venv():
     assert ".venv is complete" in proc.stdout and "installing" not in proc.stdout, proc.stdout + proc.stderr
 
 
-CPU_CONFIGS = ["demo_R18_cpu.yaml", "demo_R18_cpu_v2.yaml", "reef_R18_cpu.yaml", "reef_R18_cpu_v2.yaml",
-               "reef_small_R18_cpu.yaml"]
+CPU_CONFIGS = ["demo_R18_cpu.yaml", "demo_R18_cpu_v2.yaml", "demo_R18_cpu_v2_adamw.yaml", "reef_R18_cpu.yaml",
+               "reef_R18_cpu_v2.yaml", "reef_R18_cpu_v2_adamw.yaml", "reef_small_R18_cpu.yaml"]
 
 
 @pytest.mark.parametrize("name", CPU_CONFIGS + ["demo_R18_cpu.py"])

@@ -135,6 +135,18 @@ def test_elongated_shapes_are_thin_both_ways_and_plain_ones_are_not(tmp_path, sa
         generate_shapes_split(str(tmp_path / "bad"), 1, seed=0, elongation=(0.5, 2))
 
 
+def test_dense_scenes_hold_the_asked_number_of_objects(tmp_path, sample_split):
+    generate_shapes_split(str(tmp_path / "dense"), 6, seed=0, object_size=(12, 32), objects_per_image=(25, 40))
+    data, _ = read_split(tmp_path / "dense")
+    per_image = np.bincount([a["image_id"] for a in data["annotations"]], minlength=7)[1:]
+    assert data["info"]["objects_per_image"] == [25, 40] and per_image.min() >= 25 and per_image.max() <= 40
+    # retina_shapes' own count (6-16) is left out of info, so its splits are not redrawn.
+    assert "objects_per_image" not in sample_split[0]["info"]
+    assert np.bincount([a["image_id"] for a in sample_split[0]["annotations"]])[1:].max() <= 16
+    with pytest.raises(ValueError, match=r"objects_per_image \(5, 2\)"):
+        generate_shapes_split(str(tmp_path / "bad"), 1, seed=0, objects_per_image=(5, 2))
+
+
 def test_out_of_anchor_shapes_are_drawn_once_redrawn_when_their_settings_change_and_registered(
         tmp_path, monkeypatch):
     from retina_plugin.config import load_config

@@ -3,8 +3,8 @@
 Sliced prediction on large synthetic images: time against (windows) x (one window), and peak
 memory against the image's size, PNG and .npy (docs/prediction.md "Large images"):
 
-    python tools/benchmark_slicing.py --config-file configs/reef_R18_cpu_v2.yaml --sides 2048 5000 10000 20000 \
-        MODEL.WEIGHTS output/reef_v2/model_final.pth
+    python tools/benchmark_slicing.py --config-file configs/reef_R18_cpu_v2_adamw.yaml --sides 2048 5000 10000 20000 \
+        MODEL.WEIGHTS output/reef_v2_adamw/model_final.pth
 
 See retina_plugin/experiments/slicing_benchmark.py.
 """

@@ -14,7 +14,7 @@ COCO AP on
 and the sliced AP through the real entry point (``Trainer.test`` with ``TEST.SLICE.ENABLED``),
 which must equal this script's own.
 
-    python experiment_records/large_images/run.py output/reef_v2/model_final.pth [configs/reef_R18_cpu_v2.yaml [TAG]]
+    python experiment_records/large_images/run.py output/reef_v2_adamw/model_final.pth [configs/reef_R18_cpu_v2_adamw.yaml [TAG]]
 
 Writes results{TAG}.json / results{TAG}.md here and, without a TAG, docs/large_image_reef.jpg (the val area with the
 sliced detections scoring >= 0.4, downscaled).
@@ -96,7 +96,7 @@ def plain_nms(views, image_size):
     return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep])
 
 
-def main(weights: str, config: str = "configs/reef_R18_cpu_v2.yaml", tag: str = "") -> int:
+def main(weights: str, config: str = "configs/reef_R18_cpu_v2_adamw.yaml", tag: str = "") -> int:
     torch.set_num_threads(2)
     cfg = load_config(config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", os.path.join(REPO, "output", "large_images_eval")])
     model = build_model(cfg).eval()

@@ -107,16 +107,18 @@ def _box_iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
 
 
 def _draw_image(rng: np.random.Generator, size: int, object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE,
-                elongation: Tuple[float, float] = SHAPES_ELONGATION) -> Tuple[np.ndarray, List[Dict]]:
+                elongation: Tuple[float, float] = SHAPES_ELONGATION,
+                objects_per_image: Tuple[int, int] = SHAPES_OBJECTS_PER_IMAGE) -> Tuple[np.ndarray, List[Dict]]:
     """
     Returns a BGR uint8 image and its objects as {"bbox": [x0, y0, x1, y1], "category_id"},
     each object's side drawn uniformly in ``object_size`` (px). With ``elongation`` other than
     (1, 1), each shape is squeezed across, horizontally or vertically at random, to a long side
-    ``elongation`` times its short one (drawn uniformly in that range).
+    ``elongation`` times its short one (drawn uniformly in that range). ``objects_per_image``: the
+    range of the number of objects asked for (fewer where no free place is found).
     """
     image = _background(rng, size)
     boxes, objects = np.zeros((0, 4)), []
-    num_objects = rng.integers(SHAPES_OBJECTS_PER_IMAGE[0], SHAPES_OBJECTS_PER_IMAGE[1] + 1)
+    num_objects = rng.integers(objects_per_image[0], objects_per_image[1] + 1)
     for _ in range(num_objects * 5):  # retries for placements that overlap too much
         if len(objects) == num_objects:
             break
@@ -145,21 +147,25 @@ def _draw_image(rng: np.random.Generator, size: int, object_size: Tuple[float, f
 
 def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_size: int = SHAPES_IMAGE_SIZE,
                           object_size: Tuple[float, float] = SHAPES_OBJECT_SIZE,
-                          elongation: Tuple[float, float] = SHAPES_ELONGATION) -> str:
+                          elongation: Tuple[float, float] = SHAPES_ELONGATION,
+                          objects_per_image: Tuple[int, int] = SHAPES_OBJECTS_PER_IMAGE) -> str:
     """
     Draw ``num_images`` images into ``output_dir`` and write ``output_dir/annotations.json``
     (COCO format, category ids 1..4). Deterministic in ``seed``. ``object_size``: the range of
     the objects' sides (px), e.g. (6, 12) for objects under the CPU configs' smallest anchor.
     ``elongation``: the range of long side / short side, e.g. (4, 8) for thin objects that no
-    anchor of ratio 1:2 fits. Returns the json path.
+    anchor of ratio 1:2 fits. ``objects_per_image``: the range of objects per image, e.g. (25, 40)
+    for a dense scene. Returns the json path.
     """
     if not 1 <= elongation[0] <= elongation[1]:
         raise ValueError(f"elongation {tuple(elongation)}: needs 1 <= low <= high")
+    if not 0 <= objects_per_image[0] <= objects_per_image[1]:
+        raise ValueError(f"objects_per_image {tuple(objects_per_image)}: needs 0 <= low <= high")
     os.makedirs(output_dir, exist_ok=True)
     images, annotations = [], []
     for image_id in range(1, num_images + 1):
         rng = np.random.default_rng([seed, image_id])
-        image, objects = _draw_image(rng, image_size, object_size, elongation)
+        image, objects = _draw_image(rng, image_size, object_size, elongation, objects_per_image)
         file_name = f"{image_id:06d}.png"
         cv2.imwrite(os.path.join(output_dir, file_name), image)
         images.append(
@@ -183,7 +189,9 @@ def generate_shapes_split(output_dir: str, num_images: int, seed: int, image_siz
             {
                 "info": {"num_images": num_images, "seed": seed, "image_size": image_size,
                          **({"object_size": list(object_size)} if tuple(object_size) != SHAPES_OBJECT_SIZE else {}),
-                         **({"elongation": list(elongation)} if tuple(elongation) != SHAPES_ELONGATION else {})},
+                         **({"elongation": list(elongation)} if tuple(elongation) != SHAPES_ELONGATION else {}),
+                         **({"objects_per_image": list(objects_per_image)}
+                            if tuple(objects_per_image) != SHAPES_OBJECTS_PER_IMAGE else {})},
                 "images": images,
                 "annotations": annotations,
                 "categories": [

@@ -127,7 +127,7 @@ def table(rows: List[Dict]) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.strip().splitlines()[0])
-    parser.add_argument("--config-file", default="configs/reef_R18_cpu_v2.yaml")
+    parser.add_argument("--config-file", default="configs/reef_R18_cpu_v2_adamw.yaml")
     parser.add_argument("--sides", type=int, nargs="+", default=[2048, 5000, 10000, 20000])
     parser.add_argument("--kinds", nargs="+", default=["png", "npy"], choices=["png", "npy"])
     parser.add_argument("--threads", type=int, default=2)

@@ -3,7 +3,7 @@ The paper's Table 1 as a tool: train and evaluate one config under many settings
 several seeds each, and tabulate / plot COCO AP (``tools/ablate.py``).
 """
 from .command_line import main
-from .recipes import RECIPES, V2_MODEL_OPTIONS, V2_RECIPE, recipe_verdict, scaled_schedule
+from .recipes import RECIPES, V2_ADAMW_RECIPE, V2_RECIPE, recipe_verdict, scaled_schedule
 from .report import plot_results, results_markdown, summarize, write_results
 from .runner import METRICS, RESULT_FILE, run_one, run_sweep
 from .settings import AblationError, Setting, build_settings, parse_grid, parse_variant, prepare
@@ -23,7 +23,7 @@ __all__ = [
     "write_results",
     "main",
     "RECIPES",
-    "V2_MODEL_OPTIONS",
+    "V2_ADAMW_RECIPE",
     "V2_RECIPE",
     "recipe_verdict",
     "scaled_schedule",
