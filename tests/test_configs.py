@@ -142,14 +142,14 @@ def test_the_cpu_v2_configs_are_the_recorded_runs_the_docs_report(name):
     assert f"| {variant} |" in (run.parent.parent / "results.md").read_text()
 
 
-@pytest.mark.parametrize("family", ["_v2", "_v2_adamw"])
+@pytest.mark.parametrize("recipe_name", ["v2", "v2_adamw"])
 @pytest.mark.parametrize("v1", ["demo_R18_cpu", "reef_R18_cpu"])
-def test_cpu_v2_configs_are_the_recipes_tools_ablate_compares(v1, family):
+def test_cpu_v2_configs_are_the_recipes_tools_ablate_compares(v1, recipe_name):
     # tools/ablate.py --compare-recipes runs these recipes on a user's config: the same as shipped.
     from retina_plugin.experiments.ablation import RECIPES
 
-    shipped = load_cfg(CONFIGS / f"{v1}{family}.yaml")
-    recipe = load_cfg(CONFIGS / f"{v1}.yaml", [x for pair in RECIPES[family[1:]] for x in pair])
+    shipped = load_cfg(CONFIGS / f"{v1}_{recipe_name}.yaml")
+    recipe = load_cfg(CONFIGS / f"{v1}.yaml", [x for pair in RECIPES[recipe_name] for x in pair])
     recipe.OUTPUT_DIR = shipped.OUTPUT_DIR
     assert shipped.dump() == recipe.dump()
 
