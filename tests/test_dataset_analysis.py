@@ -1,7 +1,7 @@
 """
 tools/analyze_dataset.py: anchor coverage equal to an independent count over anchors and boxes
-built by hand, boxes without a foreground anchor, the json keys, the plot's data, and the
-warning at the start of training.
+built by hand, boxes without a foreground anchor, foreground anchors per box and their IoU, the
+json keys, the plot's data, and the warning at the start of training.
 """
 import json
 import logging
@@ -52,13 +52,16 @@ def _hand_anchors(height=256, width=256):
     return np.array(anchors)
 
 
-def _best_iou(box, anchors):
+def _ious(box, anchors):
     x0, y0 = np.maximum(box[0], anchors[:, 0]), np.maximum(box[1], anchors[:, 1])
     x1, y1 = np.minimum(box[2], anchors[:, 2]), np.minimum(box[3], anchors[:, 3])
     inter = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
     areas = (anchors[:, 2] - anchors[:, 0]) * (anchors[:, 3] - anchors[:, 1])
-    return (inter / (area + areas - inter)).max()
+    return inter / ((box[2] - box[0]) * (box[3] - box[1]) + areas - inter)
+
+
+def _best_iou(box, anchors):
+    return _ious(box, anchors).max()
 
 
 def _random_boxes(rng, count):
@@ -100,6 +103,45 @@ def test_boxes_without_a_foreground_anchor_under_the_assigner():
     assert analysis["coverage"] == 0.5 and analysis["no_foreground_anchor"] == 2
     # The paper's low-quality matches give each box its best anchor.
     assert analyze_dataset(load_cfg(TINY_CONFIG, ANCHOR_OPTS), name)["no_foreground_anchor"] == 0
+
+
+def test_foreground_anchors_per_box_and_their_iou_equal_a_count_by_hand():
+    # Boxes far apart, so that no anchor is foreground for two of them.
+    boxes = [([0, 0, 32, 32], 0), ([100, 60, 164, 124], 1), ([20, 180, 76, 236], 0), ([190, 190, 250, 250], 1)]
+    name = _register("analysis_foreground", [boxes])
+    strict = load_cfg(TINY_CONFIG, ANCHOR_OPTS + ["MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", "False"])
+    at = analyze_dataset(strict, name)["train"]
+    anchors = _hand_anchors()
+    per_box = [_ious(np.array(b, dtype=float), anchors) for b, _ in boxes]
+    foreground = [iou[iou >= 0.5] for iou in per_box]
+    assert at["foreground_anchors_per_box"]["mean"] == pytest.approx(np.mean([len(f) for f in foreground]))
+    assert at["foreground_anchors_per_box"]["median"] == pytest.approx(np.median([len(f) for f in foreground]))
+    assert at["foreground_anchor_iou"]["mean"] == pytest.approx(np.concatenate(foreground).mean(), abs=1e-5)
+    assert at["foreground_anchor_iou"]["p10"] >= 0.5
+
+
+def test_atss_trains_on_more_and_lower_iou_anchors_in_a_crowd_of_small_boxes():
+    # What explains ATSS's loss on the dense small shapes (docs/accuracy.md).
+    rng = np.random.default_rng(3)
+    crowd = []
+    for _ in range(4):
+        sides = rng.uniform(12, 32, 30)
+        corners = rng.uniform(0, 256 - 32, (30, 2))
+        crowd.append([([x, y, x + s, y + s], 0) for (x, y), s in zip(corners, sides)])
+    name = _register("analysis_crowd", crowd)
+    # The demo's anchors: 3 sizes x 3 aspect ratios per location, so ATSS's top-k locations
+    # bring 9 anchors each.
+    nine_per_location = ANCHOR_OPTS + [
+        "MODEL.ANCHOR_GENERATOR.SIZES", str([[s, s * 2 ** (1 / 3), s * 2 ** (2 / 3)] for s in [16, 32, 64, 128, 256]]),
+        "MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS", "[[0.5, 1.0, 2.0]]"]
+    by_iou = analyze_dataset(load_cfg(TINY_CONFIG, nine_per_location), name)["train"]
+    atss_opts = nine_per_location + ["MODEL.FOCAL_RETINANET.ANCHOR_ASSIGNER", "ATSS"]
+    atss = analyze_dataset(load_cfg(TINY_CONFIG, atss_opts), name)["train"]
+    fewer = analyze_dataset(load_cfg(TINY_CONFIG, atss_opts + ["MODEL.FOCAL_RETINANET.ATSS_TOPK", "3"]), name)["train"]
+    assert (atss["foreground_anchors_per_box"]["mean"] > fewer["foreground_anchors_per_box"]["mean"]
+            > by_iou["foreground_anchors_per_box"]["mean"])
+    assert atss["foreground_anchor_iou"]["mean"] < fewer["foreground_anchor_iou"]["mean"]
+    assert atss["foreground_anchor_iou"]["p10"] < by_iou["foreground_anchor_iou"]["p10"]
 
 
 def test_json_keys_and_the_plot_show_the_boxes_and_anchors(tmp_path, capsys):

@@ -74,6 +74,7 @@ class _AnchorsForSize:
 def _analyze_at_scale(cfg, records: Sequence[Dict], short_edge: int, max_size: int, anchors: _AnchorsForSize,
                       assigner, foreground_iou: float, classes: Sequence[str]) -> Dict:
     best_ious, levels, areas, ratios, class_ids, scaled_boxes, no_foreground = [], [], [], [], [], [], 0
+    foreground_counts, foreground_ious = [], []
     for record in records:
         boxes, categories = _boxes_xyxy(record)
         if len(boxes) == 0:
@@ -92,13 +93,16 @@ def _analyze_at_scale(cfg, records: Sequence[Dict], short_edge: int, max_size: i
         class_ids.append(np.array(categories))
         scaled_boxes.append(gt.tensor.numpy())
         matched, labels = assigner(gt, all_anchors, level_sizes)
-        has_foreground = torch.zeros(len(gt), dtype=torch.bool)
-        has_foreground[matched[labels == 1]] = True
-        no_foreground += int((~has_foreground).sum())
+        foreground = (labels == 1).nonzero()[:, 0]
+        per_box = torch.bincount(matched[foreground], minlength=len(gt))
+        no_foreground += int((per_box == 0).sum())
+        foreground_counts.append(per_box.numpy())
+        foreground_ious.append(ious[matched[foreground], foreground].numpy())
     if not best_ious:
         return {"boxes": 0}
     best_iou, level, area, ratio, class_id = (np.concatenate(x) for x in (best_ious, levels, areas, ratios, class_ids))
     covered = best_iou >= foreground_iou
+    counts, assigned_ious = np.concatenate(foreground_counts), np.concatenate(foreground_ious)
     side = np.sqrt(area)
     smallest_anchor = min(min(sizes) for sizes in cfg.MODEL.ANCHOR_GENERATOR.SIZES)
     per_class = {}
@@ -118,6 +122,11 @@ def _analyze_at_scale(cfg, records: Sequence[Dict], short_edge: int, max_size: i
         "boxes_per_class": {k: v["boxes"] for k, v in per_class.items()},
         "coverage_per_size": per_size,
         "no_foreground_anchor": no_foreground,
+        # What the assigner trains on: ATSS gives many more, lower-IoU foreground anchors per box
+        # than the IoU assigner, which is what loses in crowds of small objects.
+        "foreground_anchors_per_box": {"mean": float(counts.mean()), "median": float(np.median(counts))},
+        "foreground_anchor_iou": ({"mean": float(assigned_ious.mean()), "p10": float(np.percentile(assigned_ious, 10))}
+                                  if len(assigned_ious) else None),
         "smaller_than_smallest_anchor": int((side < smallest_anchor).sum()),
         "boxes_per_level": {anchors.in_features[i]: int((level == i).sum()) for i in range(len(anchors.in_features))},
         "box_side_px": {"min": float(side.min()), "median": float(np.median(side)), "max": float(side.max())},
@@ -135,9 +144,10 @@ def analyze_dataset(cfg, dataset_name: Optional[str] = None, max_images: Optiona
     the same). Keys: "dataset", "images", "boxes",
     "boxes_per_image", "anchor_sizes", "aspect_ratios", "foreground_iou", "train" and "test"
     (each with "coverage" in [0, 1], "coverage_per_class", "coverage_per_size",
-    "no_foreground_anchor", "smaller_than_smallest_anchor", "boxes_per_level", box sides and
-    aspect ratios, and every box: "box_widths_heights", "boxes_xyxy"), and, at the top, the training scale's "coverage", "coverage_per_class" and
-    "no_foreground_anchor".
+    "no_foreground_anchor", "foreground_anchors_per_box" (mean, median), "foreground_anchor_iou"
+    (mean, p10; None without any), "smaller_than_smallest_anchor", "boxes_per_level", box sides
+    and aspect ratios, and every box: "box_widths_heights", "boxes_xyxy"), and, at the top, the
+    training scale's "coverage", "coverage_per_class" and "no_foreground_anchor".
     """
     name = dataset_name or cfg.DATASETS.TRAIN[0]
     records = DatasetCatalog.get(name)
@@ -200,6 +210,12 @@ def summary_lines(analysis: Dict) -> List[str]:
             f"{at['smaller_than_smallest_anchor']} boxes smaller than the smallest anchor, "
             f"{at['no_foreground_anchor']} with no foreground anchor ({analysis['anchor_assigner']} assigner); "
             f"per level {at['boxes_per_level']}")
+        per_box, iou = at["foreground_anchors_per_box"], at["foreground_anchor_iou"]
+        if iou is not None:
+            lines.append(
+                f"  {analysis['anchor_assigner']} assigner at {scale} scale: {per_box['mean']:.1f} foreground anchors "
+                f"per box (median {per_box['median']:.0f}), their IoU with the box {iou['mean']:.2f} on average, "
+                f"10% under {iou['p10']:.2f}")
         low = {k: round(v, 2) for k, v in at["coverage_per_class"].items() if v < COVERAGE_WARNING_BELOW}
         if low:
             lines.append(f"  classes under {COVERAGE_WARNING_BELOW} coverage at {scale} scale: {low}")
