@@ -35,9 +35,9 @@ def argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME KEY=VALUE",
                         help="a named setting compared with the base config (repeatable; several keys allowed)")
     parser.add_argument("--compare-recipes", action="store_true",
-                        help="compare the paper default (the config), v2 (configs/*_v2.yaml), v2 with AdamW "
-                        "(v2_adamw) and detectron2's RetinaNet on the config's data, with a verdict that accounts "
-                        "for seed noise (use --seeds 3)")
+                        help="compare the paper default (the config), v2 (configs/*_v2.yaml), v2 with ATSS and "
+                        "AdamW (v2_adamw) and detectron2's RetinaNet on the config's data, with a verdict that "
+                        "accounts for seed noise (use --seeds 3)")
     parser.add_argument("--schedule-fraction", type=float, default=1.0, metavar="F",
                         help="run F of the config's schedule (iterations, steps, warm-up), e.g. 0.25 for a cheap look")
     parser.add_argument("--no-base", action="store_true",
