@@ -211,6 +211,30 @@ def test_sweep_resumes_and_writes_the_run_numbers(tmp_path, monkeypatch, capsys)
     assert ablation.main(argv[:-1] + ["8"]) == 2
 
 
+def test_listed_seeds_extend_a_finished_sweep(tmp_path, monkeypatch, capsys):
+    argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2", f"{ALPHA}=.25", "--output", str(tmp_path),
+            "SOLVER.MAX_ITER", "7"]
+    first = FakeRuns()
+    monkeypatch.setattr(ablation.runner, "run_one", first)
+    assert ablation.main(argv[:5] + ["--seeds", "2"] + argv[5:]) == 0
+    assert sorted(seed for _, seed in first.calls) == [0, 0, 1, 1]
+    # Two more seeds: only those run, the earlier two are not even looked up again.
+    more = FakeRuns()
+    monkeypatch.setattr(ablation.runner, "run_one", more)
+    assert ablation.main(argv[:5] + ["--seeds", "3,4"] + argv[5:]) == 0
+    assert sorted(seed for _, seed in more.calls) == [3, 3, 4, 4]
+    # --report over all four seeds tables the two sweeps as one: AP = 10 * gamma + 0.25 + seed.
+    monkeypatch.setattr(ablation.runner, "run_one", lambda *a, **k: pytest.fail("trained"))
+    assert ablation.main(argv[:5] + ["--seeds", "0,1,3,4", "--report"] + argv[5:]) == 0
+    rows = {r["name"]: r for r in json.loads((tmp_path / "results.json").read_text())["settings"]}
+    assert [r["seed"] for r in rows["FOCAL_LOSS_GAMMA=2 FOCAL_LOSS_ALPHA=.25"]["runs"]] == [0, 1, 3, 4]
+    assert rows["FOCAL_LOSS_GAMMA=2 FOCAL_LOSS_ALPHA=.25"]["mean"]["AP"] == pytest.approx(20.25 + 2)
+    for bad in ("0", "-1,2", "3,3", "a,b", "x"):
+        with pytest.raises(SystemExit):
+            ablation.main(argv[:5] + ["--seeds", bad] + argv[5:])
+        assert "--seeds" in capsys.readouterr().err
+
+
 def test_parallel_sweep_runs_each_setting_once_and_orders_seeds(tmp_path, monkeypatch, capsys):
     argv = ["--config-file", str(TINY_CONFIG), "--grid", f"{GAMMA}=0,2", f"{ALPHA}=.25,.75",
             "--seeds", "3", "--output", str(tmp_path), "--jobs", "4"]

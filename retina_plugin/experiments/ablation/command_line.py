@@ -15,7 +15,25 @@ from .report import results_markdown, summarize, write_results
 from .runner import run_sweep, worker
 from .settings import AblationError, build_settings, parse_grid, parse_variant, prepare
 
-__all__ = ["argument_parser", "main"]
+__all__ = ["argument_parser", "main", "seed_list"]
+
+
+def seed_list(text: str) -> List[int]:
+    """
+    ``--seeds``: ``"3"`` -> ``[0, 1, 2]``; ``"3,4"`` -> ``[3, 4]`` (a comma makes it a list).
+    """
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise argparse.ArgumentTypeError(f"a count of runs must be >= 1, got {text!r}")
+            return list(range(count))
+        seeds = [int(item) for item in text.split(",") if item.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a count (3) or a list of seeds (3,4), got {text!r}") from None
+    if not seeds or min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be distinct and >= 0, got {text!r}")
+    return seeds
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -42,7 +60,9 @@ def argument_parser() -> argparse.ArgumentParser:
                         help="run F of the config's schedule (iterations, steps, warm-up), e.g. 0.25 for a cheap look")
     parser.add_argument("--no-base", action="store_true",
                         help="with --variant: do not also run the unchanged base config")
-    parser.add_argument("--seeds", type=int, default=1, help="runs per setting, with SEED 0..N-1")
+    parser.add_argument("--seeds", type=seed_list, default=[0], metavar="N|S1,S2,...",
+                        help="runs per setting: N runs with SEED 0..N-1, or the seeds listed (e.g. 3,4 to add two "
+                             "seeds to a finished sweep; --report then with --seeds 5 tables all five)")
     parser.add_argument("--output", default="output/ablation", metavar="DIR")
     parser.add_argument("--num-gpus", type=int, default=1,
                         help="processes per run (detectron2's launch; on CPU: gloo processes)")
@@ -64,8 +84,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         worker(args)
         return 0
     try:
-        if args.seeds < 1:
-            raise AblationError(f"--seeds must be >= 1, got {args.seeds}")
         if args.jobs < 1:
             raise AblationError(f"--jobs must be >= 1, got {args.jobs}")
         # nargs="+" also swallows the trailing KEY VALUE overrides: they are the tokens
@@ -97,7 +115,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except AblationError as e:
         print(f"ablate: error: {e}", file=sys.stderr)
         return 2
-    seeds = list(range(args.seeds))
+    seeds = args.seeds
     print(f"{len(settings)} settings x {len(seeds)} seeds = {len(settings) * len(seeds)} runs in {args.output}/runs/")
     for s in settings:
         print(f"  {s.name}: {' '.join(s.opts) or '(base config)'}")
