@@ -173,8 +173,20 @@ def test_training_warns_once_when_coverage_is_low(caplog):
     assert analysis["coverage"] == 0.0
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "Anchor coverage of analysis_low is 0.00" in warnings[0]
-    assert "tools/analyze_dataset.py" in warnings[0] and "MODEL.ANCHOR_GENERATOR.SIZES" in warnings[0]
+    assert "tools/fit_anchors.py" in warnings[0] and "MODEL.ANCHOR_GENERATOR.SIZES" in warnings[0]
+    assert "tools/analyze_dataset.py" in warnings[0]
+    # With low-quality matches every box keeps its best anchor ...
+    assert "trains only its best anchor" in warnings[0] and "never trained" not in warnings[0]
     assert any("Training data, as the model sees it" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    # ... without them no box here has a foreground anchor, and the warning says what that means.
+    strict = load_cfg(TINY_CONFIG, ANCHOR_OPTS + ["DATASETS.TRAIN", "('analysis_low',)",
+                                                  "MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", "False"])
+    with caplog.at_level(logging.INFO, logger="test_dataset_analysis"):
+        assert log_training_data_analysis(strict, logger)["no_foreground_anchor"] == 6
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "100% get no foreground anchor at all under the IoU assigner" in warnings[0]
+    assert "never trained as objects" in warnings[0]
     caplog.clear()
     fits = [([0, 0, 32, 32], 0), ([64, 64, 128, 128], 1)]
     _register("analysis_fits", [fits])

@@ -272,9 +272,18 @@ def log_training_data_analysis(cfg, logger: logging.Logger, max_images: int = 20
     logger.info("Training data, as the model sees it" + sample + ":\n  " + "\n  ".join(summary_lines(analysis)))
     coverage = analysis["coverage"]
     if coverage is not None and coverage < COVERAGE_WARNING_BELOW:
+        untrained = analysis["no_foreground_anchor"] / max(analysis["train"].get("boxes", 0), 1)
+        # Which of the two it is decides how much it costs: on thin shapes, fitted anchors gained
+        # 0.6 AP with low-quality matches and 33 AP without them (docs/datasets.md).
+        if untrained >= 1 - COVERAGE_WARNING_BELOW:
+            effect = (f"{untrained:.0%} get no foreground anchor at all under the {analysis['anchor_assigner']} "
+                      "assigner and are never trained as objects")
+        else:
+            effect = "each of those trains only its best anchor (a low-quality match)"
         logger.warning(
             f"Anchor coverage of {analysis['dataset']} is {coverage:.2f} at the training scale: "
-            f"{1 - coverage:.0%} of its boxes have no anchor with IoU >= {analysis['foreground_iou']} and are "
-            "barely learned. Look at them with tools/analyze_dataset.py --config-file ... --plot boxes.png, and "
-            "set MODEL.ANCHOR_GENERATOR.SIZES / ASPECT_RATIOS (or INPUT.MIN_SIZE_TRAIN / MIN_SIZE_TEST) to fit them")
+            f"{1 - coverage:.0%} of its boxes have no anchor with IoU >= {analysis['foreground_iou']}; {effect}. "
+            "tools/fit_anchors.py --config-file ... --output anchors.yaml fits MODEL.ANCHOR_GENERATOR.SIZES / "
+            "ASPECT_RATIOS to them (and names the INPUT.MIN_SIZE_* that would cover them); "
+            "tools/analyze_dataset.py --config-file ... --plot boxes.png shows them")
     return analysis
