@@ -12,15 +12,10 @@ figure predicts.
 import os
 import sys
 
-from retina_plugin.experiments.fitted_anchors import OUT_OF_ANCHOR_CONFIG, OUT_OF_ANCHOR_SHAPES, compare_fitted_anchors
+from retina_plugin.experiments.fitted_anchors import run_out_of_anchor_shapes
 
 if __name__ == "__main__":
-    name = "thin_shapes_one_class"
-    given = [int(x) for x in sys.argv[1:3]]
-    seeds, jobs = given + [1, 2][len(given):]
-    object_size, elongation, one_class = OUT_OF_ANCHOR_SHAPES[name]
-    root = os.path.abspath(os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), name))
-    sys.exit(compare_fitted_anchors(OUT_OF_ANCHOR_CONFIG, root, name, object_size, elongation, seeds, jobs,
-                                    os.path.dirname(os.path.abspath(__file__)), one_class,
-                                    extra_opts=["MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", "False",
-                                                "SOLVER.AMP.ENABLED", "False"])["returncode"])
+    sys.exit(run_out_of_anchor_shapes("thin_shapes_one_class", os.path.dirname(os.path.abspath(__file__)),
+                                      *map(int, sys.argv[1:]),
+                                      extra_opts=["MODEL.FOCAL_RETINANET.ALLOW_LOW_QUALITY_MATCHES", "False",
+                                                  "SOLVER.AMP.ENABLED", "False"]))

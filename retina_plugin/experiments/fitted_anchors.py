@@ -95,12 +95,14 @@ def compare_fitted_anchors(config_file: str, root: str, name: str, object_size: 
     return {"fit": fit, "returncode": returncode}
 
 
-def run_out_of_anchor_shapes(name: str, output_dir: str, seeds: int = 1, jobs: int = 2) -> int:
+def run_out_of_anchor_shapes(name: str, output_dir: str, seeds: int = 1, jobs: int = 2,
+                             extra_opts: Sequence[str] = ()) -> int:
     """
     :func:`compare_fitted_anchors` on one of :data:`OUT_OF_ANCHOR_SHAPES`, drawn under
-    ``$DETECTRON2_DATASETS/<name>``, with the demo config; returns the exit status.
+    ``$DETECTRON2_DATASETS/<name>``, with the demo config and ``extra_opts`` (KEY VALUE ...) on
+    both anchor sets; returns the exit status.
     """
     object_size, elongation, one_class = OUT_OF_ANCHOR_SHAPES[name]
     root = os.path.abspath(os.path.join(os.environ.get("DETECTRON2_DATASETS", "datasets"), name))
     return compare_fitted_anchors(OUT_OF_ANCHOR_CONFIG, root, name, object_size, elongation, seeds, jobs,
-                                  output_dir, one_class)["returncode"]
+                                  output_dir, one_class, extra_opts)["returncode"]
