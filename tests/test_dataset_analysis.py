@@ -288,3 +288,47 @@ def test_fitted_anchors_that_gain_too_little_coverage_leave_the_config_alone(tmp
     merged = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
     merged.merge_from_file(str(output))
     assert merged.MODEL.ANCHOR_GENERATOR.SIZES == cfg.MODEL.ANCHOR_GENERATOR.SIZES
+
+
+def test_shape_coverage_bound_equals_a_hand_count_and_bounds_coverage_at_every_input_size():
+    from retina_plugin.analysis import shape_coverage_bound
+
+    # A 10 x 10 square meets ratio 1 exactly. A 40 x 5 box (h/w 1/8) against an equal-area anchor
+    # of ratio 0.5 (20 x 10): overlap 20 x 5 = 100, IoU 100 / (200 + 200 - 100) = 1/3; of ratio
+    # 0.25 (28.28 x 7.07): overlap 141.4, IoU 0.547.
+    boxes = np.array([[0, 0, 10, 10], [0, 0, 40, 5]], dtype=float)
+    assert shape_coverage_bound(boxes, [0.5, 1.0, 2.0], 0.5) == 0.5
+    assert shape_coverage_bound(boxes, [0.25, 1.0], 0.5) == 1.0
+    assert shape_coverage_bound(boxes, [0.25, 1.0], 0.55) == 0.5
+    # No input size covers more than the bound: random boxes against the demo's anchors.
+    rng = np.random.default_rng(1)
+    name = _register("analysis_shape_bound", [_random_boxes(rng, 10) for _ in range(4)])
+    cfg = load_cfg(TINY_CONFIG, DEMO_ANCHORS_256)
+    analysis = analyze_dataset(cfg, name, scales=("train",))
+    bound = shape_coverage_bound(np.array(analysis["train"]["boxes_xyxy"]), cfg.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS[0],
+                                 analysis["foreground_iou"])
+    assert bound < 1.0
+    from retina_plugin.analysis.anchor_fitting import _scaled_input
+    for factor in (1.0, 2.0, 4.0):
+        assert analyze_dataset(_scaled_input(cfg, factor), name, scales=("train",))["coverage"] <= bound
+
+
+def test_boxes_too_thin_for_every_ratio_get_no_input_size_scan(monkeypatch, tmp_path, capsys):
+    from retina_plugin.analysis import anchor_fitting
+    from retina_plugin.analysis.command_line import fit_anchors_main
+
+    rng = np.random.default_rng(5)
+    thin = [[([x, y, x + 60, y + 6], 0) for x, y in rng.uniform(0, 190, (8, 2))] for _ in range(4)]
+    name = _register("analysis_thin", thin)
+    calls = []
+    analyze = anchor_fitting.analyze_dataset
+    monkeypatch.setattr(anchor_fitting, "analyze_dataset", lambda cfg, *a, **k: calls.append(cfg) or analyze(cfg, *a, **k))
+    # Fit only the sizes' ratios the config has (one generation keeps them near): coverage stays low.
+    fit = anchor_fitting.fit_anchors(load_cfg(TINY_CONFIG, DEMO_ANCHORS_256), name, seed=0, generations=1,
+                                      min_gain=1.0)
+    assert fit["coverage_after"] < 0.9 and fit["shape_coverage_bound"] == 0.0
+    assert fit["input_size"] is None
+    assert len(calls) == 2  # before and after the fit: none at a larger input size
+    assert fit_anchors_main(["--config-file", str(TINY_CONFIG), "--dataset", name, "--output", str(tmp_path / "a.yaml"),
+                             "--generations", "1", "--min-gain", "1", *DEMO_ANCHORS_256]) == 0
+    assert "Coverage stays under 0.9 at every input size: only 0.00 of the boxes" in capsys.readouterr().out

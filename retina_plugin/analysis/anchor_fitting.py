@@ -18,7 +18,7 @@ import numpy as np
 
 from .dataset import COVERAGE_WARNING_BELOW, analyze_dataset
 
-__all__ = ["anchor_shapes", "fit_anchors", "anchors_yaml"]
+__all__ = ["anchor_shapes", "fit_anchors", "anchors_yaml", "shape_coverage_bound"]
 
 # The sizes of a level span at most an octave (the next level's start) and at least this factor,
 # so that they stay distinct and increasing.
@@ -100,15 +100,34 @@ def _scaled_input(cfg, factor: float):
     return cfg
 
 
+def shape_coverage_bound(boxes: np.ndarray, ratios: Sequence[float], threshold: float) -> float:
+    """
+    The most any input size can cover of ``boxes`` (N, 4 XYXY) with anchors of these aspect
+    ratios: the share whose best IoU with an anchor of one of ``ratios`` placed on the box's
+    centre, at the area that maximizes that IoU (the box's own), reaches ``threshold``. Scaling
+    the input moves boxes against the sizes and the grid, never their shape.
+    """
+    if len(boxes) == 0:
+        return 1.0
+    width = np.clip(boxes[:, 2] - boxes[:, 0], 1e-6, None)[:, None]
+    height = np.clip(boxes[:, 3] - boxes[:, 1], 1e-6, None)[:, None]
+    ratio = np.asarray(ratios, dtype=float)[None]
+    area = width * height
+    anchor_width = np.sqrt(area / ratio)
+    inter = np.minimum(width, anchor_width) * np.minimum(height, ratio * anchor_width)
+    best = (inter / (2 * area - inter)).max(axis=1)
+    return float((best >= threshold).mean())
+
+
 def _input_size_advice(cfg, dataset_name: Optional[str], max_images: Optional[int]) -> Optional[Dict]:
     """
     The smallest upscale of the input (1.25x .. 4x) at which ``cfg``'s anchors reach the
-    coverage aimed at (measured on their grid, as the analysis does), with the keys to set;
-    None when even 4x does not.
+    coverage aimed at (measured on their grid, as the analysis does, at the training scale),
+    with the keys to set; None when even 4x does not.
     """
     for factor in (1.25, 1.5, 2.0, 2.5, 3.0, 4.0):
         scaled = _scaled_input(cfg, factor)
-        coverage = analyze_dataset(scaled, dataset_name, max_images)["coverage"]
+        coverage = analyze_dataset(scaled, dataset_name, max_images, scales=("train",))["coverage"]
         if coverage >= COVERAGE_WARNING_BELOW:
             return {"factor": factor, "coverage": coverage,
                     "INPUT.MIN_SIZE_TRAIN": tuple(scaled.INPUT.MIN_SIZE_TRAIN),
@@ -130,9 +149,10 @@ def fit_anchors(cfg, dataset_name: Optional[str] = None, seed: int = 0, generati
     Anchors fitted to the boxes of ``dataset_name`` (default: the first of DATASETS.TRAIN) at
     ``cfg``'s training scale. Returns {"sizes", "ratios", "changed", "coverage_before",
     "coverage_after", "coverage_fitted", "before", "after" (the two analyses), "input_size"
-    (advice, or None)}; ``changed`` is False, and "sizes" and "ratios" are the config's, unless
-    the fitted anchors cover more than ``min_gain`` more boxes ("coverage_fitted": what they
-    cover). The same seed gives the same anchors.
+    (advice, or None), "shape_coverage_bound" (the most any input size covers with the
+    config's ratios; None unless coverage stays low)}; ``changed`` is False, and "sizes" and
+    "ratios" are the config's, unless the fitted anchors cover more than ``min_gain`` more boxes
+    ("coverage_fitted": what they cover). The same seed gives the same anchors.
     """
     before = analyze_dataset(cfg, dataset_name, max_images)
     sizes = [list(map(float, s)) for s in cfg.MODEL.ANCHOR_GENERATOR.SIZES]
@@ -154,10 +174,14 @@ def fit_anchors(cfg, dataset_name: Optional[str] = None, seed: int = 0, generati
         if after["coverage"] > before["coverage"] + min_gain:
             result.update(sizes=fitted_sizes, ratios=fitted_ratios, changed=True, after=after,
                           coverage_after=after["coverage"])
-    result["input_size"] = None
+    result["input_size"], result["shape_coverage_bound"] = None, None
     if len(boxes) and result["coverage_after"] < COVERAGE_WARNING_BELOW:
         # With the config's anchors: fitted ones fit the boxes at this size, not at a larger one.
-        result["input_size"] = _input_size_advice(cfg, dataset_name, max_images)
+        # Boxes too thin or too wide for its ratios stay uncovered at every size: no scan then
+        # (each step is a full analysis, minutes on thousands of boxes).
+        result["shape_coverage_bound"] = shape_coverage_bound(boxes, ratios, threshold)
+        if result["shape_coverage_bound"] >= COVERAGE_WARNING_BELOW:
+            result["input_size"] = _input_size_advice(cfg, dataset_name, max_images)
     return result
 
 

@@ -114,6 +114,11 @@ def fit_anchors_main(argv: Optional[Sequence[str]] = None) -> int:
         keys = " ".join(f'{k} "{v}"' for k, v in advice.items() if k.startswith("INPUT."))
         print(f"Coverage stays under 0.9: the objects are small for this input size. Inputs {advice['factor']}x "
               f"larger give coverage {advice['coverage']:.2f} with the config's anchors: {keys}")
+    elif fit["shape_coverage_bound"] is not None and fit["shape_coverage_bound"] < 0.9:
+        print(f"Coverage stays under 0.9 at every input size: only {fit['shape_coverage_bound']:.2f} of the boxes have "
+              f"a shape that one of the config's ASPECT_RATIOS reaches IoU {fit['before']['foreground_iou']:g} with "
+              "(the others are too thin or too wide for them), so larger inputs cannot help: look at the boxes "
+              "(tools/analyze_dataset.py --plot)")
     elif fit["coverage_after"] < 0.9:
         print("Coverage stays under 0.9 even with inputs 4x larger: look at the boxes (tools/analyze_dataset.py --plot)")
     os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
