@@ -96,6 +96,14 @@ def plain_nms(views, image_size):
     return Instances(image_size, pred_boxes=Boxes(boxes[keep]), scores=scores[keep], pred_classes=classes[keep])
 
 
+def load_val_full():
+    """retina_reef_val_full's dataset dict, its COCO ground truth, contiguous -> json category ids, and its image."""
+    (record,) = DatasetCatalog.get("retina_reef_val_full")
+    gt = COCO(os.path.join(reef_root(), REEF_SPLITS["retina_reef_val_full"], "annotations.json"))
+    mapping = MetadataCatalog.get("retina_reef_val_full").thing_dataset_id_to_contiguous_id
+    return record, gt, {v: k for k, v in mapping.items()}, cv2.imread(record["file_name"])
+
+
 def main(weights: str, config: str = "configs/reef_R18_cpu_v2_adamw.yaml", tag: str = "") -> int:
     torch.set_num_threads(2)
     cfg = load_config(config, ["MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu", "OUTPUT_DIR", os.path.join(REPO, "output", "large_images_eval")])
@@ -110,11 +118,7 @@ def main(weights: str, config: str = "configs/reef_R18_cpu_v2_adamw.yaml", tag: 
     whole = Trainer.test(_with(cfg, "retina_reef_val_full"), model)["bbox"]
     rows["val area as one image, resized whole to the test size"] = {k: whole[k] for k in ("AP", "AP50", "AP75")}
 
-    (record,) = DatasetCatalog.get("retina_reef_val_full")
-    gt = COCO(os.path.join(reef_root(), REEF_SPLITS["retina_reef_val_full"], "annotations.json"))
-    mapping = MetadataCatalog.get("retina_reef_val_full").thing_dataset_id_to_contiguous_id
-    category_ids = {v: k for k, v in mapping.items()}
-    image = cv2.imread(record["file_name"])
+    record, gt, category_ids, image = load_val_full()
     size = image.shape[:2]
     resize = test_resize(cfg)
     timings = {}
