@@ -22,13 +22,14 @@ from dataclasses import replace
 import numpy as np
 import torch
 from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 from detectron2.layers import batched_nms
 
 from retina_plugin.data.reef import REEF_SPLITS, clip_rule, ensure_reef_splits, reef_root
 from retina_plugin.data.windows import clip_boxes_to_window, slice_windows
 from retina_plugin.slicing.inference import SliceSettings, WindowDetections, inner_edge_boxes, merge_views
+
+from run import detection_results, results_ap
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIGMAS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.3)
@@ -67,22 +68,6 @@ def with_edge_margin(views, size, margin: float):
     return flagged
 
 
-def _ap(gt: COCO, results) -> float:
-    if not results:
-        return 0.0
-    evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
-    evaluation.params.maxDets = [1, 10, 1000]
-    evaluation.evaluate()
-    evaluation.accumulate()
-    precision = evaluation.eval["precision"][:, :, :, 0, -1]
-    return float(np.mean(precision[precision > -1]) * 100)
-
-
-def _results(image_id, boxes, scores, categories):
-    return [{"image_id": image_id, "category_id": int(c), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-             "score": float(s)} for b, s, c in zip(boxes.tolist(), scores.tolist(), categories)]
-
-
 def main() -> int:
     root = reef_root()
     ensure_reef_splits(root)
@@ -108,30 +93,31 @@ def main() -> int:
                 annotations = tiles_gt.loadAnns(tiles_gt.getAnnIds(imgIds=[image_id]))
                 boxes = _noisy(_xyxy(annotations), sigma, rng)
                 scores = rng.uniform(size=len(boxes))
-                tile_results += _results(image_id, boxes, scores, [a["category_id"] for a in annotations])
-            row["tiles"].append(_ap(tiles_gt, tile_results))
+                tile_results += detection_results(image_id, boxes, scores, [a["category_id"] for a in annotations])
+            row["tiles"].append(results_ap(tiles_gt, tile_results)["AP"])
             for window in tile_windows:
                 kept, boxes, _ = clip_boxes_to_window(full_boxes, window, rule)
                 boxes = _noisy(boxes, sigma, rng) + np.array(window[:2] * 2)
-                placed += _results(full_image["id"], boxes, rng.uniform(size=len(boxes)), full_categories[kept])
-            row["tiles placed, no merge"].append(_ap(full_gt, placed))
+                placed += detection_results(full_image["id"], boxes, rng.uniform(size=len(boxes)), full_categories[kept])
+            row["tiles placed, no merge"].append(results_ap(full_gt, placed)["AP"])
             views = []
             for window in windows:
                 kept, boxes, _ = clip_boxes_to_window(full_boxes, window, rule)
-                boxes = torch.as_tensor(_noisy(boxes, sigma, rng), dtype=torch.float32)
-                partial = inner_edge_boxes(boxes, window, size, settings.edge_margin)
-                offset = torch.tensor([window[0], window[1], window[0], window[1]], dtype=torch.float32)
-                views.append(WindowDetections(tuple(window), boxes + offset,
+                boxes = torch.as_tensor(_noisy(boxes, sigma, rng) + np.array(window[:2] * 2), dtype=torch.float32)
+                # Partial flags come per edge margin below.
+                views.append(WindowDetections(tuple(window), boxes,
                                               torch.as_tensor(rng.uniform(size=len(boxes)), dtype=torch.float32),
-                                              torch.as_tensor(full_categories[kept], dtype=torch.int64), partial))
+                                              torch.as_tensor(full_categories[kept], dtype=torch.int64),
+                                              torch.zeros(len(boxes), dtype=torch.bool)))
+            flagged = {m: with_edge_margin(views, size, m) for m in {v.edge_margin for v in VARIANTS.values()}}
             for name, variant in VARIANTS.items():
-                merged = merge_views(with_edge_margin(views, size, variant.edge_margin), size, variant)
-                row.setdefault(name, []).append(_ap(full_gt, _results(
-                    full_image["id"], merged.pred_boxes.tensor, merged.scores, merged.pred_classes.tolist())))
+                merged = merge_views(flagged[variant.edge_margin], size, variant)
+                row.setdefault(name, []).append(results_ap(full_gt, detection_results(
+                    full_image["id"], merged.pred_boxes.tensor, merged.scores, merged.pred_classes.tolist()))["AP"])
             boxes, scores, classes = (torch.cat([getattr(v, f) for v in views]) for f in ("boxes", "scores", "classes"))
             keep = batched_nms(boxes, scores, classes, 0.5)
-            row["sliced, class-wise NMS 0.5"].append(_ap(full_gt, _results(
-                full_image["id"], boxes[keep], scores[keep], classes[keep].tolist())))
+            row["sliced, class-wise NMS 0.5"].append(results_ap(full_gt, detection_results(
+                full_image["id"], boxes[keep], scores[keep], classes[keep].tolist()))["AP"])
         rows[sigma] = {k: float(np.mean(v)) for k, v in row.items()}
         print(sigma, rows[sigma], flush=True)
     with open(os.path.join(HERE, "oracle.json"), "w") as f:

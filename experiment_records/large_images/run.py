@@ -48,12 +48,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
 
-def coco_ap(gt: COCO, image_id: int, instances: Instances, category_ids, max_dets: int = 1000):
-    boxes = instances.pred_boxes.tensor.tolist()
-    results = [{"image_id": image_id, "category_id": category_ids[c], "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
-                "score": s} for b, s, c in zip(boxes, instances.scores.tolist(), instances.pred_classes.tolist())]
+def detection_results(image_id: int, boxes, scores, category_ids) -> list:
+    """COCO result dicts: boxes (N, 4) XYXY, scores (N,) tensors, ``category_ids`` the json ids (N,)."""
+    return [{"image_id": image_id, "category_id": int(c), "bbox": [b[0], b[1], b[2] - b[0], b[3] - b[1]],
+             "score": float(s)} for b, s, c in zip(boxes.tolist(), scores.tolist(), category_ids)]
+
+
+def results_ap(gt: COCO, results: list, max_dets: int = 1000) -> dict:
+    """COCO AP, AP50 and AP75 of ``results`` (all 0 without any), up to ``max_dets`` an image."""
     if not results:
-        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0, "detections": 0}
+        return {"AP": 0.0, "AP50": 0.0, "AP75": 0.0}
     evaluation = COCOeval(gt, gt.loadRes(results), "bbox")
     evaluation.params.maxDets = [1, 10, max_dets]
     evaluation.evaluate()
@@ -63,7 +67,13 @@ def coco_ap(gt: COCO, image_id: int, instances: Instances, category_ids, max_det
     def mean(p):
         return float(np.mean(p[p > -1]) * 100) if (p > -1).any() else 0.0
 
-    return {"AP": mean(precision), "AP50": mean(precision[0]), "AP75": mean(precision[5]), "detections": len(results)}
+    return {"AP": mean(precision), "AP50": mean(precision[0]), "AP75": mean(precision[5])}
+
+
+def coco_ap(gt: COCO, image_id: int, instances: Instances, category_ids, max_dets: int = 1000):
+    results = detection_results(image_id, instances.pred_boxes.tensor, instances.scores,
+                                [category_ids[c] for c in instances.pred_classes.tolist()])
+    return {**results_ap(gt, results, max_dets), "detections": len(results)}
 
 
 def sahi_merge(views, image_size, method: str, metric: str):

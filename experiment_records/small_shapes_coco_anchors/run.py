@@ -1,5 +1,5 @@
 """
-Fitted anchors against the COCO anchor set (issue 28's target, its first example): the 6-12 px
+Fitted anchors against the COCO anchor set that issue 28 names (its +3 AP target): the 6-12 px
 shapes of ../small_shapes_anchors, trained with configs/demo_R18_cpu.yaml but the anchor sizes of
 configs/retina_R50.yaml (Base-RetinaNet.yaml: 32-512 px, what a user of the GPU configs gets;
 the CPU configs' 16-406 px anchors are measured in ../small_shapes_anchors), against the anchors
